@@ -1,0 +1,47 @@
+/*
+ * hr_codec — decoding and encoding of the protobuf-c messages of proto/herald.proto, with the
+ * checks every receiver needs before trusting a message: a size limit, a clean unpack, a
+ * protocol version this build speaks, and a body that is set. Generated types come from
+ * herald.pb-c.h (built from herald.proto at build time).
+ * Pure functions; any thread.
+ */
+#ifndef HR_CODEC_H
+#define HR_CODEC_H
+
+#include "herald.pb-c.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define HR_PROTOCOL_VERSION 1
+
+typedef Herald__V1__Request hr_request_t;
+typedef Herald__V1__Reply hr_reply_t;
+
+/*
+ * Decode a Request from `len` bytes. On success *out is owned by the caller (free with
+ * hr_codec_request_free). Errors, each with an explanation in `why` (`why_len` bytes, may be
+ * NULL): HR_E_PAYLOAD_TOO_LARGE (len > max_bytes), HR_E_PROTO (not a valid Request),
+ * HR_E_VERSION (version above HR_PROTOCOL_VERSION; *out is still set so the caller can echo
+ * request_id), HR_E_INVALID_REQUEST (no body: an unknown or missing request type; *out set too).
+ */
+int hr_codec_decode_request(const uint8_t *buf, size_t len, size_t max_bytes, hr_request_t **out,
+                            char *why, size_t why_len);
+void hr_codec_request_free(hr_request_t **req);
+
+/* As hr_codec_decode_request, for a Reply (used by the CLI and edges). */
+int hr_codec_decode_reply(const uint8_t *buf, size_t len, size_t max_bytes, hr_reply_t **out,
+                          char *why, size_t why_len);
+void hr_codec_reply_free(hr_reply_t **reply);
+
+/* Decode a Message (a live PUB frame). HR_E_PROTO / HR_E_PAYLOAD_TOO_LARGE as above. Free
+ * with hr_codec_message_free. */
+int hr_codec_decode_message(const uint8_t *buf, size_t len, size_t max_bytes,
+                            Herald__V1__Message **out);
+void hr_codec_message_free(Herald__V1__Message **msg);
+
+/* Serialise into a new buffer from hr_malloc; *buf is owned by the caller (hr_free). */
+void hr_codec_encode_request(const hr_request_t *req, uint8_t **buf, size_t *len);
+void hr_codec_encode_reply(const hr_reply_t *reply, uint8_t **buf, size_t *len);
+
+#endif

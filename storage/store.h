@@ -1,0 +1,170 @@
+/*
+ * hr_store — the LMDB topic log. Owns one LMDB environment (a directory holding data.mdb and
+ * lock.mdb) with four named databases:
+ *
+ *   meta      "format" -> u32 format version, "next_topic_id" -> u64
+ *   topics    topic name -> hr_store_topic_t record (topic id, epoch, last seq, first retained
+ *             seq, creation time)
+ *   messages  big-endian (topic id u64, seq u64) -> message record, so a range read is one
+ *             cursor walk
+ *   dedupe    big-endian topic id u64 + idempotency key -> (seq u64, time_ms u64)
+ *
+ * A library: no logging, no globals, no threads of its own. One hr_store_t may be used from one
+ * thread at a time (the broker's loop); read functions may run concurrently with one writer only
+ * if the caller serialises calls on the same handle. Every function returns 0 or a negative
+ * error: Herald's HR_E_* codes (hr_error.h) or -errno.
+ *
+ * Invariants (DESIGN.md invariant 1): per topic, seq = 1, 2, 3, ... assigned at commit, never
+ * reused — not after a restart, a crash or trimming (the topic record keeps last_seq even when
+ * every message is trimmed). Each topic log has a random nonzero 64-bit epoch fixed at creation.
+ *
+ * Durability (invariant 2): hr_store_append returns only after the write transaction has
+ * committed; with opts.sync (the default) LMDB has also synced it to disk.
+ */
+#ifndef HR_STORE_H
+#define HR_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define HR_STORE_MAX_TOPIC 255  /* bytes */
+#define HR_STORE_MAX_EVENT 64   /* bytes */
+#define HR_STORE_MAX_CTYPE 255  /* bytes */
+#define HR_STORE_MAX_IDEM_KEY 255 /* bytes */
+
+typedef struct hr_store hr_store_t;
+
+typedef struct {
+    uint64_t map_size;          /* bytes; LMDB map size (max data file size); default 1 GiB */
+    bool sync;                  /* true: fsync every commit (default); false: MDB_NOSYNC, a crash
+                                   may lose the last commits (but never corrupts or reuses seqs
+                                   that survived) */
+    uint64_t dedupe_window_ms;  /* idempotency keys are remembered this long; default 300000 */
+    unsigned max_readers;       /* LMDB reader slots; default 126 */
+} hr_store_options_t;
+
+/* Fill `opts` with the defaults above. */
+void hr_store_options_default(hr_store_options_t *opts);
+
+/*
+ * Open the environment in directory `dir` (created if missing, mode 0700) or create a new one.
+ * `opts` may be NULL for defaults. On success *out owns the handle; close with hr_store_close.
+ * Errors: -EACCES/-EROFS/-ENOTDIR... when the directory cannot be used; HR_E_CORRUPT when it holds
+ * a file that is not an LMDB environment or an LMDB environment Herald did not create (wrong
+ * format version); HR_E_STORAGE for other LMDB failures.
+ * A map size smaller than the existing data file is raised to the file's size by LMDB; a larger
+ * one grows the map (how a full store recovers after a restart with a bigger --map-size).
+ */
+int hr_store_open(hr_store_t **out, const char *dir, const hr_store_options_t *opts);
+
+/* Close and free; *store becomes NULL. NULL or *store == NULL is a no-op. */
+void hr_store_close(hr_store_t **store);
+
+/* One message to append. All pointers are borrowed for the duration of the call. */
+typedef struct {
+    const char *topic;
+    size_t topic_len;            /* bytes, 1..255, validated with hr_topic_valid rules */
+    const char *event;
+    size_t event_len;            /* bytes, 0..64 */
+    const char *content_type;
+    size_t content_type_len;     /* bytes, 0..255 */
+    const uint8_t *data;
+    size_t data_len;             /* bytes; the caller enforces the data limit */
+    const char *idempotency_key;
+    size_t idempotency_key_len;  /* bytes, 0 (none)..255 */
+    uint64_t time_ms;            /* publish time, ms since the Unix epoch */
+} hr_store_msg_t;
+
+/* What append assigned to one message. */
+typedef struct {
+    uint64_t seq;
+    uint64_t epoch;
+    uint64_t time_ms;  /* the stored publish time (the original's for a duplicate) */
+    bool duplicate;    /* the idempotency key matched within the window: nothing was appended */
+} hr_store_result_t;
+
+/*
+ * Append `n` messages, possibly spanning many topics, in ONE write transaction (group commit).
+ * `results[i]` receives message i's seq and epoch. Messages of one topic get consecutive seqs
+ * in array order. Topics are created on first append with a fresh random epoch.
+ * A key repeated within the batch or within the dedupe window yields the original seq with
+ * duplicate = true.
+ * Atomic: on any error nothing of the batch is stored and the log is exactly as before.
+ * Errors: HR_E_INVALID_TOPIC, HR_E_INVALID_REQUEST (event, content type or key too long),
+ * HR_E_STORAGE_FULL (MDB_MAP_FULL: the map size is reached), HR_E_STORAGE.
+ */
+int hr_store_append(hr_store_t *store, const hr_store_msg_t *msgs, size_t n,
+                    hr_store_result_t *results);
+
+/* A topic's log state. */
+typedef struct {
+    uint64_t topic_id;   /* internal key, assigned at creation */
+    uint64_t epoch;      /* random, nonzero */
+    uint64_t last_seq;   /* newest seq ever assigned; 0 = none yet */
+    uint64_t first_seq;  /* oldest retained seq; last_seq + 1 when nothing is retained */
+    uint64_t created_ms; /* ms since the Unix epoch */
+} hr_store_topic_t;
+
+/* Look a topic up. Errors: HR_E_NOT_FOUND (never published to), HR_E_INVALID_TOPIC. */
+int hr_store_topic_info(hr_store_t *store, const char *topic, size_t topic_len,
+                        hr_store_topic_t *info);
+
+/* One stored message, as handed to a read callback. The pointers point into LMDB's map and are
+ * valid only until the callback returns: copy what must outlive it. */
+typedef struct {
+    uint64_t seq;
+    uint64_t time_ms;
+    const char *event;
+    size_t event_len;
+    const char *content_type;
+    size_t content_type_len;
+    const uint8_t *data;
+    size_t data_len;
+} hr_store_entry_t;
+
+/* Called once per message in seq order; return 0 to continue, nonzero to stop early (the value
+ * is not an error). */
+typedef int (*hr_store_read_cb)(void *ctx, const hr_store_entry_t *entry);
+
+/*
+ * Read messages of `topic` with seq > after_seq, oldest first, in one read transaction: at most
+ * `max_count` messages (0 = no limit) and, after the first message, no more than `max_bytes` of
+ * data in total (0 = no limit; the first message is always delivered so a large message cannot
+ * block a reader). When after_seq < first_seq - 1 the walk starts at first_seq (the caller sees
+ * the gap through info->first_seq and signals a reset). after_seq >= last_seq yields nothing.
+ * `info` (may be NULL) receives the topic state as of the read transaction.
+ * Errors: HR_E_NOT_FOUND (no such topic; *info is zeroed), HR_E_INVALID_TOPIC, HR_E_CORRUPT,
+ * HR_E_STORAGE.
+ */
+int hr_store_read(hr_store_t *store, const char *topic, size_t topic_len, uint64_t after_seq,
+                  size_t max_count, size_t max_bytes, hr_store_read_cb cb, void *ctx,
+                  hr_store_topic_t *info);
+
+/* Retention policy for hr_store_trim. A zero field means "no limit" for that dimension. */
+typedef struct {
+    uint64_t max_messages; /* keep at most this many newest messages per topic */
+    uint64_t max_age_ms;   /* drop messages older than now_ms - max_age_ms */
+} hr_store_retention_t;
+
+/*
+ * Trim messages outside `policy` and expired idempotency keys (older than the dedupe window),
+ * deleting at most `budget` records (0 = no limit) in one write transaction, so a caller can
+ * spread the work. Updates each topic's first_seq; never lowers last_seq. *trimmed (may be NULL)
+ * receives the number of messages deleted; *more (may be NULL) is set when the budget ran out
+ * before the work was done. Errors: HR_E_STORAGE_FULL (LMDB needs pages even to delete),
+ * HR_E_STORAGE.
+ */
+int hr_store_trim(hr_store_t *store, const hr_store_retention_t *policy, uint64_t now_ms,
+                  size_t budget, uint64_t *trimmed, bool *more);
+
+/* Whole-store figures. */
+typedef struct {
+    uint64_t topics;      /* number of topic logs */
+    uint64_t map_size;    /* bytes: the configured LMDB map size */
+    uint64_t map_used;    /* bytes: pages in use (last page number + 1) * page size */
+} hr_store_stats_t;
+
+int hr_store_stats(hr_store_t *store, hr_store_stats_t *stats);
+
+#endif
