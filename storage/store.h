@@ -7,7 +7,11 @@
  *             seq, creation time)
  *   messages  big-endian (topic id u64, seq u64) -> message record, so a range read is one
  *             cursor walk
- *   dedupe    big-endian topic id u64 + idempotency key -> (seq u64, time_ms u64)
+ *   dedupe    big-endian topic id u64 + idempotency key -> (seq u64, time_ms u64), plus an
+ *             expiry index under the never-assigned topic id 0: (0 u64, time_ms u64, topic id
+ *             u64, key) -> empty, so trimming expired keys walks only the expired ones
+ *
+ * store.c documents the exact byte layout of every record.
  *
  * A library: no logging, no globals, no threads of its own. One hr_store_t may be used from one
  * thread at a time (the broker's loop); read functions may run concurrently with one writer only
@@ -28,23 +32,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HR_STORE_MAX_TOPIC 255  /* bytes */
-#define HR_STORE_MAX_EVENT 64   /* bytes */
-#define HR_STORE_MAX_CTYPE 255  /* bytes */
+#define HR_STORE_MAX_TOPIC    255 /* bytes */
+#define HR_STORE_MAX_EVENT    64  /* bytes */
+#define HR_STORE_MAX_CTYPE    255 /* bytes */
 #define HR_STORE_MAX_IDEM_KEY 255 /* bytes */
 
 typedef struct hr_store hr_store_t;
 
 typedef struct {
-    uint64_t map_size;          /* bytes; LMDB map size (max data file size); default 1 GiB */
-    bool sync;                  /* true: fsync every commit (default); false: MDB_NOSYNC, a crash
-                                   may lose the last commits (but never corrupts or reuses seqs
-                                   that survived) */
-    uint64_t dedupe_window_ms;  /* idempotency keys are remembered this long; default 300000 */
-    unsigned max_readers;       /* LMDB reader slots; default 126 */
+    uint64_t map_size;         /* bytes; LMDB map size (max data file size); default 1 GiB */
+    bool sync;                 /* true: fsync every commit (default); false: MDB_NOSYNC, a crash
+                                  may lose the last commits (but never corrupts or reuses seqs
+                                  that survived) */
+    uint64_t dedupe_window_ms; /* idempotency keys are remembered this long; default 300000;
+                                  0 disables deduplication (keys are ignored) */
+    unsigned max_readers;      /* LMDB reader slots; default 126 */
 } hr_store_options_t;
 
-/* Fill `opts` with the defaults above. */
+/* Fill `opts` with the defaults above. (hr_store_open also reads a map_size or max_readers of 0
+ * as the default.) */
 void hr_store_options_default(hr_store_options_t *opts);
 
 /*
@@ -64,24 +70,24 @@ void hr_store_close(hr_store_t **store);
 /* One message to append. All pointers are borrowed for the duration of the call. */
 typedef struct {
     const char *topic;
-    size_t topic_len;            /* bytes, 1..255, validated with hr_topic_valid rules */
+    size_t topic_len; /* bytes, 1..255, validated with hr_topic_validate */
     const char *event;
-    size_t event_len;            /* bytes, 0..64 */
+    size_t event_len; /* bytes, 0..64 */
     const char *content_type;
-    size_t content_type_len;     /* bytes, 0..255 */
+    size_t content_type_len; /* bytes, 0..255 */
     const uint8_t *data;
-    size_t data_len;             /* bytes; the caller enforces the data limit */
+    size_t data_len; /* bytes; the caller enforces the data limit */
     const char *idempotency_key;
-    size_t idempotency_key_len;  /* bytes, 0 (none)..255 */
-    uint64_t time_ms;            /* publish time, ms since the Unix epoch */
+    size_t idempotency_key_len; /* bytes, 0 (none)..255 */
+    uint64_t time_ms;           /* publish time, ms since the Unix epoch */
 } hr_store_msg_t;
 
 /* What append assigned to one message. */
 typedef struct {
     uint64_t seq;
     uint64_t epoch;
-    uint64_t time_ms;  /* the stored publish time (the original's for a duplicate) */
-    bool duplicate;    /* the idempotency key matched within the window: nothing was appended */
+    uint64_t time_ms; /* the stored publish time (the original's for a duplicate) */
+    bool duplicate;   /* the idempotency key matched within the window: nothing was appended */
 } hr_store_result_t;
 
 /*
@@ -89,10 +95,13 @@ typedef struct {
  * `results[i]` receives message i's seq and epoch. Messages of one topic get consecutive seqs
  * in array order. Topics are created on first append with a fresh random epoch.
  * A key repeated within the batch or within the dedupe window yields the original seq with
- * duplicate = true.
- * Atomic: on any error nothing of the batch is stored and the log is exactly as before.
- * Errors: HR_E_INVALID_TOPIC, HR_E_INVALID_REQUEST (event, content type or key too long),
- * HR_E_STORAGE_FULL (MDB_MAP_FULL: the map size is reached), HR_E_STORAGE.
+ * duplicate = true. "Within the window" means the message's time_ms is before the original's
+ * time_ms + dedupe_window_ms.
+ * Atomic: on any error nothing of the batch is stored and the log is exactly as before, and
+ * `results` holds nothing meaningful. The whole batch is validated before anything is written.
+ * Errors: HR_E_INVALID_TOPIC, HR_E_INVALID_REQUEST (event, content type or key too long; data
+ * of 4 GiB or more), HR_E_STORAGE_FULL (MDB_MAP_FULL: the map size is reached), HR_E_STORAGE,
+ * HR_E_CORRUPT (a stored record is not what Herald wrote), -errno (getrandom(2) failed).
  */
 int hr_store_append(hr_store_t *store, const hr_store_msg_t *msgs, size_t n,
                     hr_store_result_t *results);
@@ -124,7 +133,8 @@ typedef struct {
 } hr_store_entry_t;
 
 /* Called once per message in seq order; return 0 to continue, nonzero to stop early (the value
- * is not an error). */
+ * is not an error). It must not call hr_store functions on the same handle (the read holds the
+ * handle's read transaction). */
 typedef int (*hr_store_read_cb)(void *ctx, const hr_store_entry_t *entry);
 
 /*
@@ -153,16 +163,23 @@ typedef struct {
  * spread the work. Updates each topic's first_seq; never lowers last_seq. *trimmed (may be NULL)
  * receives the number of messages deleted; *more (may be NULL) is set when the budget ran out
  * before the work was done. Errors: HR_E_STORAGE_FULL (LMDB needs pages even to delete),
- * HR_E_STORAGE.
+ * HR_E_STORAGE, HR_E_CORRUPT. `policy` may be NULL (only keys are trimmed).
+ *
+ * Details: records are messages and idempotency keys, one each. Retention removes a prefix of
+ * each log: by age, the walk stops at the first message whose time_ms is not older than
+ * now_ms - max_age_ms. Messages go before keys. A call that stopped on its budget remembers the
+ * topic it stopped at (in the handle, not on disk) and the next call resumes there; a call that
+ * reaches the last topic starts the next one over from the first. Nothing is committed (or
+ * synced) when there was nothing to delete.
  */
 int hr_store_trim(hr_store_t *store, const hr_store_retention_t *policy, uint64_t now_ms,
                   size_t budget, uint64_t *trimmed, bool *more);
 
 /* Whole-store figures. */
 typedef struct {
-    uint64_t topics;      /* number of topic logs */
-    uint64_t map_size;    /* bytes: the configured LMDB map size */
-    uint64_t map_used;    /* bytes: pages in use (last page number + 1) * page size */
+    uint64_t topics;   /* number of topic logs */
+    uint64_t map_size; /* bytes: the configured LMDB map size */
+    uint64_t map_used; /* bytes: pages in use (last page number + 1) * page size */
 } hr_store_stats_t;
 
 int hr_store_stats(hr_store_t *store, hr_store_stats_t *stats);
