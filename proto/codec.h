@@ -21,9 +21,11 @@ typedef Herald__V1__Reply hr_reply_t;
 /*
  * Decode a Request from `len` bytes. On success *out is owned by the caller (free with
  * hr_codec_request_free). Errors, each with an explanation in `why` (`why_len` bytes, may be
- * NULL): HR_E_PAYLOAD_TOO_LARGE (len > max_bytes), HR_E_PROTO (not a valid Request),
+ * NULL): HR_E_PAYLOAD_TOO_LARGE (len > max_bytes), HR_E_PROTO (not a valid Request, including
+ * one carrying field number 0 at any depth, which protobuf-c would accept but not re-encode),
  * HR_E_VERSION (version above HR_PROTOCOL_VERSION; *out is still set so the caller can echo
  * request_id), HR_E_INVALID_REQUEST (no body: an unknown or missing request type; *out set too).
+ * A version of 0 is read as 1 (and left as 0 in *out). *out is NULL after any other error.
  */
 int hr_codec_decode_request(const uint8_t *buf, size_t len, size_t max_bytes, hr_request_t **out,
                             char *why, size_t why_len);

@@ -33,14 +33,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HR_CURSOR_MAX_ENTRIES 256  /* topics in one cursor */
-#define HR_CURSOR_MAX_TEXT 12000   /* bytes of text accepted by hr_cursor_parse */
-#define HR_CURSOR_VERSION_CHAR 'a' /* first character of format 'a' */
+#define HR_CURSOR_MAX_ENTRIES  256   /* topics in one cursor */
+#define HR_CURSOR_MAX_TEXT     12000 /* bytes of text accepted by hr_cursor_parse */
+#define HR_CURSOR_VERSION_CHAR 'a'   /* first character of format 'a' */
 
 /* Bytes of buffer that hr_cursor_format needs for `n` entries, including the NUL: the version
  * character, the padded base64 of the largest body (26 bytes an entry plus the 4-byte check)
  * and the NUL, plus one spare byte. HR_CURSOR_TEXT_CAP(0) also holds "latest" and "earliest". */
-#define HR_CURSOR_TEXT_CAP(n) (2 + (((size_t)(n) * 26 + 4 + 2) / 3) * 4 + 1)
+#define HR_CURSOR_TEXT_CAP(n) (2 + (((size_t)(n)*26 + 4 + 2) / 3) * 4 + 1)
 
 typedef enum {
     HR_CURSOR_LATEST = 0,   /* no position: new messages only */

@@ -32,20 +32,19 @@ static void why_clear(char *why, size_t why_len)
 /* "byte 0x2f ('/') at offset 3 is not allowed<where>"; the character itself is shown only when
  * it is printable ASCII, so the text never carries control or non-ASCII bytes. */
 static void why_bad_byte(char *why, size_t why_len, unsigned char c, size_t offset,
-                               const char *where)
+                         const char *where)
 {
     if (c >= 0x20 && c <= 0x7e)
-        why_printf(why, why_len, "byte 0x%02x ('%c') at offset %zu is not allowed%s", c, c,
-                      offset, where);
+        why_printf(why, why_len, "byte 0x%02x ('%c') at offset %zu is not allowed%s", c, c, offset,
+                   where);
     else
-        why_printf(why, why_len, "byte 0x%02x at offset %zu is not allowed%s", c, offset,
-                      where);
+        why_printf(why, why_len, "byte 0x%02x at offset %zu is not allowed%s", c, offset, where);
 }
 
 static int is_name_byte(unsigned char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '-' || c == '.' || c == ':' || c == '@';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-' || c == '.' || c == ':' || c == '@';
 }
 
 int hr_topic_validate(const char *name, size_t len, char *why, size_t why_len)
@@ -76,8 +75,7 @@ int hr_event_validate(const char *event, size_t len, char *why, size_t why_len)
     const size_t prefix_len = sizeof HR_EVENT_RESERVED_PREFIX - 1;
 
     if (len > HR_EVENT_MAX) {
-        why_printf(why, why_len, "event type is %zu bytes; the limit is %d", len,
-                      HR_EVENT_MAX);
+        why_printf(why, why_len, "event type is %zu bytes; the limit is %d", len, HR_EVENT_MAX);
         return HR_E_INVALID_REQUEST;
     }
     /* Visible ASCII only: an SSE `event:` line ends at CR or LF (WHATWG HTML §9.2.6), and a
@@ -102,7 +100,7 @@ int hr_content_type_validate(const char *ctype, size_t len, char *why, size_t wh
 
     if (len > HR_CONTENT_TYPE_MAX) {
         why_printf(why, why_len, "content type is %zu bytes; the limit is %d", len,
-                      HR_CONTENT_TYPE_MAX);
+                   HR_CONTENT_TYPE_MAX);
         return HR_E_INVALID_REQUEST;
     }
     /* Visible ASCII or space (RFC 9110 §8.3 media types with parameters); no control bytes, so
