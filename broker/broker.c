@@ -744,13 +744,41 @@ void hr_broker_stop(hr_broker_t *b)
     b->stopping = 1;
 }
 
+/* `endpoint` as peers dial it, as a new string: its host replaced by --advertise, or by the host
+ * of --listen when --advertise is empty; a wildcard host (`*`, 0.0.0.0) is never advertised, and
+ * an endpoint without a host:port (ipc://, inproc://) is kept as it is. */
+static char *hr_broker_advertised(const hr_broker_t *b, const char *endpoint)
+{
+    const char *host_start = strstr(endpoint, "://");
+    const char *port = strrchr(endpoint, ':');
+    char host[256] = "";
+    if (b->config.advertise[0] != '\0') {
+        snprintf(host, sizeof host, "%s", b->config.advertise);
+    } else {
+        const char *ls = strstr(b->config.listen, "://");
+        const char *lp = strrchr(b->config.listen, ':');
+        if (ls && lp && lp > ls + 3)
+            snprintf(host, sizeof host, "%.*s", (int)(lp - ls - 3), ls + 3);
+    }
+    char buf[600];
+    if (host_start != NULL && port != NULL && port > host_start + 2 && host[0] != '\0' &&
+        strcmp(host, "*") != 0 && strcmp(host, "0.0.0.0") != 0)
+        snprintf(buf, sizeof buf, "%.*s%s%s", (int)(host_start + 3 - endpoint), endpoint, host,
+                 port);
+    else
+        snprintf(buf, sizeof buf, "%s", endpoint);
+    return hr_strndup(buf, strlen(buf));
+}
+
 static int hr_broker_parse_cluster(hr_broker_t *b, char *err, size_t errlen)
 {
     const char *list = b->config.cluster;
     if (list[0] == '\0') {
         b->cluster = hr_malloc(sizeof *b->cluster);
         b->n_cluster = 1;
-        b->cluster[0] = hr_strndup(b->config.listen, strlen(b->config.listen));
+        /* Just this broker: the list names it as peers and edges dial it (DESIGN.md §Cluster:
+         * a wildcard bind address is not one anyone can dial). */
+        b->cluster[0] = hr_broker_advertised(b, b->config.listen);
     } else {
         size_t n = 1;
         for (const char *p = list; *p; p++)
@@ -776,33 +804,11 @@ static int hr_broker_parse_cluster(hr_broker_t *b, char *err, size_t errlen)
     return 0;
 }
 
-/* The live endpoint as peers dial it: --live with its host replaced by --advertise (or by the
- * host of --listen when the live endpoint binds a wildcard). */
-static void hr_broker_advertise_live(hr_broker_t *b)
-{
-    const char *live = b->config.live;
-    const char *host_start = strstr(live, "://");
-    const char *port = strrchr(live, ':');
-    char host[256] = "";
-    if (b->config.advertise[0] != '\0') {
-        snprintf(host, sizeof host, "%s", b->config.advertise);
-    } else {
-        const char *ls = strstr(b->config.listen, "://");
-        const char *lp = strrchr(b->config.listen, ':');
-        if (ls && lp && lp > ls + 3)
-            snprintf(host, sizeof host, "%.*s", (int)(lp - ls - 3), ls + 3);
-    }
-    char buf[600];
-    if (host_start != NULL && port != NULL && port > host_start + 2 && host[0] != '\0' &&
-        strcmp(host, "*") != 0 && strcmp(host, "0.0.0.0") != 0)
-        snprintf(buf, sizeof buf, "%.*s%s%s", (int)(host_start + 3 - live), live, host, port);
-    else
-        snprintf(buf, sizeof buf, "%s", live);
-    b->live_advertised = hr_strndup(buf, strlen(buf));
-}
-
-static zsock_t *hr_broker_bind(int type, const char *endpoint, int64_t hwm, char *err,
-                               size_t errlen)
+/* `max_msg` bytes (-1 = no limit) becomes ZMQ_MAXMSGSIZE. Every option is set before
+ * zmq_bind: libzmq copies a socket's options into the listener when it binds, so an option
+ * set afterwards never reaches the connections that listener accepts. */
+static zsock_t *hr_broker_bind(int type, const char *endpoint, int64_t hwm, int64_t max_msg,
+                               char *err, size_t errlen)
 {
     zsock_t *sock = zsock_new(type);
     if (sock == NULL) {
@@ -812,6 +818,7 @@ static zsock_t *hr_broker_bind(int type, const char *endpoint, int64_t hwm, char
     zsock_set_linger(sock, 1000);
     zsock_set_sndhwm(sock, (int)hwm);
     zsock_set_rcvhwm(sock, (int)hwm);
+    zmq_setsockopt(zsock_resolve(sock), ZMQ_MAXMSGSIZE, &max_msg, sizeof max_msg);
     if (zmq_bind(zsock_resolve(sock), endpoint) != 0) {
         snprintf(err, errlen, "cannot bind %s: %s", endpoint, zmq_strerror(zmq_errno()));
         zsock_destroy(&sock);
@@ -827,7 +834,7 @@ int hr_broker_new(hr_broker_t **out, const hr_broker_config_t *config, char *err
     int rc = hr_broker_parse_cluster(b, err, errlen);
     if (rc != 0)
         goto fail;
-    hr_broker_advertise_live(b);
+    b->live_advertised = hr_broker_advertised(b, b->config.live);
 
     hr_store_options_t so;
     hr_store_options_default(&so);
@@ -842,20 +849,19 @@ int hr_broker_new(hr_broker_t **out, const hr_broker_config_t *config, char *err
     }
     /* czmq's own SIGINT handler would swallow the first signal; main() installs Herald's. */
     zsys_handler_set(NULL);
-    b->router = hr_broker_bind(ZMQ_ROUTER, config->listen, config->hwm, err, errlen);
+    /* A message larger than this is dropped by ZeroMQ with the connection; keep it well above
+     * the request limit so oversize requests reach us and get a clear error instead. */
+    int64_t max_msg = config->max_request_bytes * 4 + 4096;
+    b->router = hr_broker_bind(ZMQ_ROUTER, config->listen, config->hwm, max_msg, err, errlen);
     if (b->router == NULL) {
         rc = HR_E_UNAVAILABLE;
         goto fail;
     }
-    b->pub = hr_broker_bind(ZMQ_PUB, config->live, config->hwm, err, errlen);
+    b->pub = hr_broker_bind(ZMQ_PUB, config->live, config->hwm, -1, err, errlen);
     if (b->pub == NULL) {
         rc = HR_E_UNAVAILABLE;
         goto fail;
     }
-    /* A message larger than this is dropped by ZeroMQ with the connection; keep it well above
-     * the request limit so oversize requests reach us and get a clear error instead. */
-    int64_t max_msg = config->max_request_bytes * 4 + 4096;
-    zmq_setsockopt(zsock_resolve(b->router), ZMQ_MAXMSGSIZE, &max_msg, sizeof max_msg);
     b->router_raw = zsock_resolve(b->router);
     b->pub_raw = zsock_resolve(b->pub);
     b->started_ms = hr_mono_ms();

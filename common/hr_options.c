@@ -184,7 +184,11 @@ void hr_options_print_markdown(FILE *out, const hr_option_t *table, size_t n)
     for (size_t i = 0; i < n; i++) {
         char env[96];
         hr_options_env_name(table[i].name, env, sizeof env);
-        fprintf(out, "| `--%s` | `%s` | `%s` | %s |\n", table[i].name, env, table[i].def,
-                table[i].help);
+        if (table[i].def[0] == '\0')
+            fprintf(out, "| `--%s` | `%s` | *(empty)* | %s |\n", table[i].name, env,
+                    table[i].help);
+        else
+            fprintf(out, "| `--%s` | `%s` | `%s` | %s |\n", table[i].name, env, table[i].def,
+                    table[i].help);
     }
 }
