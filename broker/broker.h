@@ -20,27 +20,27 @@
 #include <stdint.h>
 
 typedef struct {
-    const char *listen;        /* ROUTER bind endpoint */
-    const char *live;          /* PUB bind endpoint */
-    const char *data_dir;      /* LMDB environment directory */
-    const char *cluster;       /* comma-separated ordered broker list; "" = just this broker */
-    const char *advertise;     /* host peers dial; "" = the host in --listen */
-    const char *log_level;     /* debug, info, warn, error */
-    int64_t node_id;           /* index of this broker in the cluster list */
-    int64_t partitions;        /* P */
-    int64_t map_size;          /* bytes */
-    bool sync;                 /* fsync each group commit */
-    int64_t max_data_bytes;    /* bytes per message */
-    int64_t max_request_bytes; /* bytes per request frame */
-    int64_t max_batch;         /* messages per group commit */
+    const char *listen;         /* ROUTER bind endpoint */
+    const char *live;           /* PUB bind endpoint */
+    const char *data_dir;       /* LMDB environment directory */
+    const char *cluster;        /* comma-separated ordered broker list; "" = just this broker */
+    const char *advertise;      /* host peers dial; "" = the host in --listen */
+    const char *log_level;      /* debug, info, warn, error */
+    int64_t node_id;            /* index of this broker in the cluster list */
+    int64_t partitions;         /* P */
+    int64_t map_size;           /* bytes */
+    bool sync;                  /* fsync each group commit */
+    int64_t max_data_bytes;     /* bytes per message */
+    int64_t max_request_bytes;  /* bytes per request frame */
+    int64_t max_batch;          /* messages per group commit */
     int64_t retention_messages; /* per topic; 0 = unlimited */
-    int64_t retention_age;     /* seconds; 0 = unlimited */
-    int64_t dedupe_window;     /* seconds */
-    int64_t trim_interval;     /* ms */
+    int64_t retention_age;      /* seconds; 0 = unlimited */
+    int64_t dedupe_window;      /* seconds */
+    int64_t trim_interval;      /* ms */
     int64_t heartbeat_interval; /* ms */
-    int64_t hwm;               /* ZeroMQ high-water mark, messages, both sockets */
-    int64_t fetch_limit;       /* default messages per fetch reply */
-    int64_t fetch_max_bytes;   /* default data bytes per fetch reply */
+    int64_t hwm;                /* ZeroMQ high-water mark, messages, both sockets */
+    int64_t fetch_limit;        /* default messages per fetch reply */
+    int64_t fetch_max_bytes;    /* default data bytes per fetch reply */
 } hr_broker_config_t;
 
 /* The option table behind hr_broker_config_t (flags, HERALD_* variables, --help, docs). */

@@ -34,9 +34,10 @@ int main(int argc, char **argv)
         return 2;
     }
     if (want_help) {
-        printf("usage: herald-broker [options]\n\n"
-               "Owns partitions of the topic log in LMDB, assigns message IDs, serves history\n"
-               "and fans committed messages out to edges. Every option also reads HERALD_<NAME>.\n\n");
+        printf(
+            "usage: herald-broker [options]\n\n"
+            "Owns partitions of the topic log in LMDB, assigns message IDs, serves history\n"
+            "and fans committed messages out to edges. Every option also reads HERALD_<NAME>.\n\n");
         hr_options_print_help(stdout, hr_broker_options, hr_broker_options_count);
         return 0;
     }

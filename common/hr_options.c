@@ -48,10 +48,17 @@ static int hr_options_set(const hr_option_t *opt, void *config, const char *text
         if (opt->type == HR_OPT_BYTES && *end != '\0') {
             long long mult = 1;
             switch (toupper((unsigned char)*end)) {
-            case 'K': mult = 1024LL; break;
-            case 'M': mult = 1024LL * 1024; break;
-            case 'G': mult = 1024LL * 1024 * 1024; break;
-            default: goto bad_number;
+            case 'K':
+                mult = 1024LL;
+                break;
+            case 'M':
+                mult = 1024LL * 1024;
+                break;
+            case 'G':
+                mult = 1024LL * 1024 * 1024;
+                break;
+            default:
+                goto bad_number;
             }
             end++;
             if (toupper((unsigned char)*end) == 'I')
@@ -65,8 +72,8 @@ static int hr_options_set(const hr_option_t *opt, void *config, const char *text
         if (*end != '\0')
             goto bad_number;
         if (v < opt->min || v > opt->max) {
-            snprintf(err, errlen, "%s: %lld is outside [%lld, %lld]", from, v,
-                     (long long)opt->min, (long long)opt->max);
+            snprintf(err, errlen, "%s: %lld is outside [%lld, %lld]", from, v, (long long)opt->min,
+                     (long long)opt->max);
             return HR_E_INVALID_REQUEST;
         }
         *(int64_t *)field = v;
@@ -90,8 +97,8 @@ static const hr_option_t *hr_options_find(const hr_option_t *table, size_t n, co
 }
 
 int hr_options_parse(const hr_option_t *table, size_t n, void *config, int argc, char **argv,
-                     char **positional, size_t max_positional, size_t *n_positional,
-                     int *want_help, char *err, size_t errlen)
+                     char **positional, size_t max_positional, size_t *n_positional, int *want_help,
+                     char *err, size_t errlen)
 {
     char from[128];
     *want_help = 0;
@@ -185,8 +192,7 @@ void hr_options_print_markdown(FILE *out, const hr_option_t *table, size_t n)
         char env[96];
         hr_options_env_name(table[i].name, env, sizeof env);
         if (table[i].def[0] == '\0')
-            fprintf(out, "| `--%s` | `%s` | *(empty)* | %s |\n", table[i].name, env,
-                    table[i].help);
+            fprintf(out, "| `--%s` | `%s` | *(empty)* | %s |\n", table[i].name, env, table[i].help);
         else
             fprintf(out, "| `--%s` | `%s` | `%s` | %s |\n", table[i].name, env, table[i].def,
                     table[i].help);

@@ -42,8 +42,8 @@ typedef struct {
  * Returns 0, or HR_E_INVALID_REQUEST with a message for the user in `err` (`errlen` bytes).
  */
 int hr_options_parse(const hr_option_t *table, size_t n, void *config, int argc, char **argv,
-                     char **positional, size_t max_positional, size_t *n_positional,
-                     int *want_help, char *err, size_t errlen);
+                     char **positional, size_t max_positional, size_t *n_positional, int *want_help,
+                     char *err, size_t errlen);
 
 /* Print every option with its environment twin, default and help text. */
 void hr_options_print_help(FILE *out, const hr_option_t *table, size_t n);

@@ -14,10 +14,10 @@
 
 #include <stddef.h>
 
-#define HR_TOPIC_MAX 255        /* bytes */
-#define HR_EVENT_MAX 64         /* bytes */
+#define HR_TOPIC_MAX        255 /* bytes */
+#define HR_EVENT_MAX        64  /* bytes */
 #define HR_CONTENT_TYPE_MAX 255 /* bytes */
-#define HR_IDEM_KEY_MAX 255     /* bytes */
+#define HR_IDEM_KEY_MAX     255 /* bytes */
 
 /* 0 if `name` (`len` bytes, not NUL-terminated) is a valid topic name, else HR_E_INVALID_TOPIC.
  * When `why` is non-NULL it receives a NUL-terminated explanation (at most `why_len` bytes),

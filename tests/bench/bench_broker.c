@@ -22,7 +22,7 @@
 #include <zmq.h>
 
 #define BENCH_IN_FLIGHT_MESSAGES 1000
-#define BENCH_REPLY_TIMEOUT_MS 30000
+#define BENCH_REPLY_TIMEOUT_MS   30000
 
 static double bench_now(void)
 {
@@ -61,13 +61,12 @@ static hr_reply_t *bench_recv(void *sock)
     }
     hr_reply_t *reply = NULL;
     char why[128];
-    int rc = hr_codec_decode_reply(zmq_msg_data(&body), zmq_msg_size(&body), SIZE_MAX, &reply,
-                                   why, sizeof why);
+    int rc = hr_codec_decode_reply(zmq_msg_data(&body), zmq_msg_size(&body), SIZE_MAX, &reply, why,
+                                   sizeof why);
     zmq_msg_close(&delim);
     zmq_msg_close(&body);
     if (rc != 0 || reply->body_case == HERALD__V1__REPLY__BODY_ERROR) {
-        fprintf(stderr, "bench: error reply: %s\n",
-                rc != 0 ? why : reply->error->message);
+        fprintf(stderr, "bench: error reply: %s\n", rc != 0 ? why : reply->error->message);
         hr_codec_reply_free(&reply);
         return NULL;
     }
@@ -86,7 +85,7 @@ static void *bench_publisher_run(void *arg)
 
     uint8_t *data = hr_malloc((size_t)p->bytes);
     memset(data, 'x', (size_t)p->bytes);
-    char (*topics)[32] = hr_malloc((size_t)p->topics * sizeof *topics);
+    char(*topics)[32] = hr_malloc((size_t)p->topics * sizeof *topics);
     for (long t = 0; t < p->topics; t++)
         snprintf(topics[t], sizeof topics[t], "bench.t%ld", t);
     Herald__V1__PublishMessage *msgs = hr_malloc((size_t)p->batch * sizeof *msgs);

@@ -52,7 +52,8 @@ static void test_flags_env_and_positionals(void **state)
 {
     (void)state;
     test_config_t c;
-    char *argv[] = {"prog", "cmd", "--name", "x", "--map-size=2G", "--no-flag", "arg", "--", "--count"};
+    char *argv[] = {"prog",      "cmd", "--name", "x",      "--map-size=2G",
+                    "--no-flag", "arg", "--",     "--count"};
     char *pos[4], err[256];
     size_t npos;
     setenv("HERALD_COUNT", "7", 1);
