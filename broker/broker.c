@@ -28,6 +28,9 @@ static const char hr_heartbeat_frame[] = "\0hb";
 #define HR_FETCH_LIMIT_MAX 10000
 #define HR_FETCH_BYTES_MAX (64u * 1024 * 1024)
 
+/* Most requests read in one drain before the pending batch is committed. */
+#define HR_DRAIN_MAX_REQUESTS 4096
+
 /* Group-commit size buckets reported by stats: <=1, <=4, <=16, <=64, <=256, <=1024, more. */
 #define HR_BATCH_BUCKETS 7
 
@@ -640,10 +643,6 @@ static int hr_broker_receive_one(hr_broker_t *b)
             hr_broker_send_error(b, identity, req->request_id, rc, why);
             break;
         }
-        if (req->forwarded) {
-            /* Forwarding arrives with the cluster issue; until then a forwarded request is
-             * served like any other, since this broker owns every partition it accepts. */
-        }
         hr_broker_add_publish(b, identity, req);
         return 1; /* the pending entry owns req and identity now */
     case HERALD__V1__REQUEST__BODY_FETCH:
@@ -728,9 +727,12 @@ int hr_broker_run(hr_broker_t *b)
             HR_ERROR(MOD, "event=poll_failed error=\"%s\"", zmq_strerror(zmq_errno()));
             return -zmq_errno();
         }
-        /* Drain what has arrived, up to one batch, then commit it as one transaction. */
-        while (b->n_msgs < (size_t)b->config.max_batch && hr_broker_receive_one(b))
-            ;
+        /* Drain what has arrived, up to one batch, then commit it as one transaction. The
+         * request bound keeps a flood of non-publish requests from delaying the commit. */
+        size_t requests = 0;
+        while (b->n_msgs < (size_t)b->config.max_batch && requests < HR_DRAIN_MAX_REQUESTS &&
+               hr_broker_receive_one(b))
+            requests++;
         hr_broker_commit(b);
     }
     /* Stopping: requests already received are committed and answered (the loop above never
