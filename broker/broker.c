@@ -36,7 +36,9 @@ static const char hr_heartbeat_frame[] = "\0hb";
 
 const hr_option_t hr_broker_options[] = {
 #define OPT(name, type, def, min, max, field, help)                                                \
-    {name, type, def, min, max, offsetof(hr_broker_config_t, field), help}
+    {                                                                                              \
+        name, type, def, min, max, offsetof(hr_broker_config_t, field), help                       \
+    }
     OPT("listen", HR_OPT_STRING, "tcp://127.0.0.1:7400", 0, 0, listen,
         "ROUTER endpoint for requests from edges, the CLI and publishers"),
     OPT("live", HR_OPT_STRING, "tcp://127.0.0.1:7401", 0, 0, live,
@@ -85,10 +87,10 @@ const size_t hr_broker_options_count = sizeof hr_broker_options / sizeof hr_brok
 
 /* One request received on the ROUTER, held until its reply is sent. */
 typedef struct {
-    zmq_msg_t identity;   /* routing id frame from the ROUTER */
-    hr_request_t *req;    /* decoded request; owns the bytes the messages point to */
-    size_t first_msg;     /* publish: index of its first message in the batch arrays */
-    size_t n_msgs;        /* publish: message count */
+    zmq_msg_t identity; /* routing id frame from the ROUTER */
+    hr_request_t *req;  /* decoded request; owns the bytes the messages point to */
+    size_t first_msg;   /* publish: index of its first message in the batch arrays */
+    size_t n_msgs;      /* publish: message count */
 } hr_pending_t;
 
 struct hr_broker {
@@ -98,7 +100,7 @@ struct hr_broker {
     zsock_t *pub;
     void *router_raw; /* zsock_resolve(router): libzmq handle for zmq_msg_* calls */
     void *pub_raw;
-    char **cluster;   /* ordered broker list (request endpoints) */
+    char **cluster; /* ordered broker list (request endpoints) */
     size_t n_cluster;
     char *live_advertised;
     volatile sig_atomic_t stopping;
@@ -157,7 +159,8 @@ static void hr_broker_send_reply(hr_broker_t *b, zmq_msg_t *identity, hr_reply_t
     zmq_msg_t body;
     zmq_msg_init_data(&body, buf, len, hr_broker_free_frame, NULL);
     if (zmq_msg_send(identity, b->router_raw, ZMQ_SNDMORE) < 0 ||
-        zmq_send(b->router_raw, "", 0, ZMQ_SNDMORE) < 0 || zmq_msg_send(&body, b->router_raw, 0) < 0)
+        zmq_send(b->router_raw, "", 0, ZMQ_SNDMORE) < 0 ||
+        zmq_msg_send(&body, b->router_raw, 0) < 0)
         HR_WARN(MOD, "event=reply_dropped error=\"%s\"", zmq_strerror(zmq_errno()));
     zmq_msg_close(&body);
     zmq_msg_close(identity);
@@ -208,22 +211,22 @@ static int hr_broker_validate_publish(hr_broker_t *b, const Herald__V1__PublishR
     }
     for (size_t i = 0; i < pub->n_messages; i++) {
         const Herald__V1__PublishMessage *m = pub->messages[i];
-        int rc = hr_topic_validate((const char *)m->topic.data, m->topic.len, detail,
-                                   sizeof detail);
+        int rc =
+            hr_topic_validate((const char *)m->topic.data, m->topic.len, detail, sizeof detail);
         if (rc == 0)
-            rc = hr_event_validate((const char *)m->event.data, m->event.len, detail,
-                                   sizeof detail);
+            rc =
+                hr_event_validate((const char *)m->event.data, m->event.len, detail, sizeof detail);
         if (rc == 0)
-            rc = hr_content_type_validate((const char *)m->content_type.data,
-                                          m->content_type.len, detail, sizeof detail);
+            rc = hr_content_type_validate((const char *)m->content_type.data, m->content_type.len,
+                                          detail, sizeof detail);
         if (rc == 0 && m->idempotency_key.len > HR_IDEM_KEY_MAX) {
             snprintf(detail, sizeof detail, "idempotency key is %zu bytes; the limit is %d",
                      m->idempotency_key.len, HR_IDEM_KEY_MAX);
             rc = HR_E_INVALID_REQUEST;
         }
         if (rc == 0 && m->data.len > (size_t)b->config.max_data_bytes) {
-            snprintf(detail, sizeof detail, "data is %zu bytes; the limit is %lld",
-                     m->data.len, (long long)b->config.max_data_bytes);
+            snprintf(detail, sizeof detail, "data is %zu bytes; the limit is %lld", m->data.len,
+                     (long long)b->config.max_data_bytes);
             rc = HR_E_PAYLOAD_TOO_LARGE;
         }
         if (rc == 0)
@@ -716,8 +719,8 @@ int hr_broker_run(hr_broker_t *b)
         }
         if (now >= b->next_trim_ms)
             hr_broker_trim(b);
-        uint64_t next = b->next_heartbeat_ms < b->next_trim_ms ? b->next_heartbeat_ms
-                                                               : b->next_trim_ms;
+        uint64_t next =
+            b->next_heartbeat_ms < b->next_trim_ms ? b->next_heartbeat_ms : b->next_trim_ms;
         long timeout = next > now ? (long)(next - now) : 0;
         zmq_pollitem_t item = {b->router_raw, 0, ZMQ_POLLIN, 0};
         int rc = zmq_poll(&item, 1, timeout);

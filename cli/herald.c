@@ -53,7 +53,9 @@ typedef struct {
 
 static const hr_option_t hr_cli_options[] = {
 #define OPT(name, type, def, min, max, field, help)                                                \
-    {name, type, def, min, max, offsetof(hr_cli_config_t, field), help}
+    {                                                                                              \
+        name, type, def, min, max, offsetof(hr_cli_config_t, field), help                          \
+    }
     OPT("broker", HR_OPT_STRING, "tcp://127.0.0.1:7400", 0, 0, broker,
         "a broker's ROUTER endpoint"),
     OPT("timeout", HR_OPT_INT, "5000", 1, 3600000, timeout, "ms to wait for a reply"),
@@ -179,8 +181,8 @@ static int hr_cli_call(hr_cli_t *cli, hr_request_t *req, hr_reply_t **out)
         }
         hr_reply_t *reply = NULL;
         char why[256];
-        rc = hr_codec_decode_reply(zmq_msg_data(&body), zmq_msg_size(&body), SIZE_MAX, &reply,
-                                   why, sizeof why);
+        rc = hr_codec_decode_reply(zmq_msg_data(&body), zmq_msg_size(&body), SIZE_MAX, &reply, why,
+                                   sizeof why);
         zmq_msg_close(&delim);
         zmq_msg_close(&body);
         if (rc != 0) {
@@ -276,8 +278,8 @@ static int hr_cli_publish(hr_cli_t *cli, const char *topic, const char *data_arg
         char epoch[17];
         hr_epoch_hex(r->epoch, epoch);
         json_t *out = json_pack("{s:s, s:s, s:I, s:s, s:I, s:b}", "topic", topic, "id", id, "seq",
-                                (json_int_t)r->seq, "epoch", epoch, "time",
-                                (json_int_t)r->time_ms, "duplicate", r->duplicate);
+                                (json_int_t)r->seq, "epoch", epoch, "time", (json_int_t)r->time_ms,
+                                "duplicate", r->duplicate);
         json_dumpf(out, stdout, JSON_COMPACT);
         putchar('\n');
         json_decref(out);
@@ -330,8 +332,8 @@ static int hr_cli_resolve_after(hr_cli_t *cli, const char *topic, uint64_t *afte
 static void hr_cli_print_message(const Herald__V1__Message *m)
 {
     char id[HR_CURSOR_TEXT_CAP(1)];
-    hr_cursor_format_one((const char *)m->topic.data, m->topic.len, m->epoch, m->seq, id,
-                         sizeof id, NULL);
+    hr_cursor_format_one((const char *)m->topic.data, m->topic.len, m->epoch, m->seq, id, sizeof id,
+                         NULL);
     json_t *j = hr_msgjson_from_message(m, id);
     json_dumpf(j, stdout, JSON_COMPACT);
     putchar('\n');
@@ -372,8 +374,8 @@ static int hr_cli_fetch(hr_cli_t *cli, const char *topic)
         if (first && fr->reset != NULL) {
             static const char *const reasons[] = {"unspecified", "retention", "epoch",
                                                   "invalid_cursor"};
-            json_t *j = json_pack("{s:s, s:s, s:s, s:I}", "type", "reset", "topic", topic,
-                                  "reason", reasons[fr->reset->reason & 3], "next_seq",
+            json_t *j = json_pack("{s:s, s:s, s:s, s:I}", "type", "reset", "topic", topic, "reason",
+                                  reasons[fr->reset->reason & 3], "next_seq",
                                   (json_int_t)fr->reset->next_seq);
             json_dumpf(j, stdout, JSON_COMPACT);
             putchar('\n');
@@ -440,7 +442,8 @@ static int hr_cli_tail(hr_cli_t *cli, const char *topic)
             continue;
         }
         if (zmq_msg_more(&t) && zmq_msg_recv(&body, zsock_resolve(sub), 0) >= 0 &&
-            zmq_msg_size(&t) == strlen(topic) && memcmp(zmq_msg_data(&t), topic, strlen(topic)) == 0) {
+            zmq_msg_size(&t) == strlen(topic) &&
+            memcmp(zmq_msg_data(&t), topic, strlen(topic)) == 0) {
             Herald__V1__Message *m = NULL;
             if (hr_codec_decode_message(zmq_msg_data(&body), zmq_msg_size(&body), SIZE_MAX, &m) ==
                 0) {
@@ -475,16 +478,29 @@ static int hr_cli_stats(hr_cli_t *cli)
     for (size_t i = 0; i < s->n_errors; i++)
         json_object_set_new(errors, s->errors[i]->key,
                             json_integer((json_int_t)s->errors[i]->value));
-    json_t *j = json_pack(
-        "{s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "node_id",
-        (json_int_t)s->node_id, "uptime_ms", (json_int_t)s->uptime_ms, "messages_appended",
-        (json_int_t)s->messages_appended, "bytes_appended", (json_int_t)s->bytes_appended,
-        "batches", (json_int_t)s->batches, "batch_messages_max",
-        (json_int_t)s->batch_messages_max, "batch_size_buckets", buckets, "duplicates",
-        (json_int_t)s->duplicates, "fetches", (json_int_t)s->fetches, "messages_fetched",
-        (json_int_t)s->messages_fetched, "messages_trimmed", (json_int_t)s->messages_trimmed,
-        "topics", (json_int_t)s->topics, "map_size", (json_int_t)s->map_size, "map_used",
-        (json_int_t)s->map_used, "errors", errors);
+    json_t *j = json_object();
+    const struct {
+        const char *key;
+        uint64_t value;
+    } counters[] = {
+        {"node_id", s->node_id},
+        {"uptime_ms", s->uptime_ms},
+        {"messages_appended", s->messages_appended},
+        {"bytes_appended", s->bytes_appended},
+        {"batches", s->batches},
+        {"batch_messages_max", s->batch_messages_max},
+        {"duplicates", s->duplicates},
+        {"fetches", s->fetches},
+        {"messages_fetched", s->messages_fetched},
+        {"messages_trimmed", s->messages_trimmed},
+        {"topics", s->topics},
+        {"map_size", s->map_size},
+        {"map_used", s->map_used},
+    };
+    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
+        json_object_set_new(j, counters[i].key, json_integer((json_int_t)counters[i].value));
+    json_object_set_new(j, "batch_size_buckets", buckets);
+    json_object_set_new(j, "errors", errors);
     json_dumpf(j, stdout, JSON_INDENT(2));
     putchar('\n');
     json_decref(j);
