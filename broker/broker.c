@@ -11,10 +11,13 @@
 
 #include <czmq.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <time.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #define MOD "broker"
@@ -103,6 +106,7 @@ struct hr_broker {
     char **cluster; /* ordered broker list (request endpoints) */
     size_t n_cluster;
     char *live_advertised;
+    int lock_fd; /* flock(2) on <data-dir>/broker.lock: one broker per data directory */
     volatile sig_atomic_t stopping;
     uint64_t started_ms;
     uint64_t next_heartbeat_ms;
@@ -208,6 +212,13 @@ static int hr_broker_validate_publish(hr_broker_t *b, const Herald__V1__PublishR
     if (pub->n_messages == 0) {
         snprintf(why, why_len, "a publish request needs at least one message");
         return HR_E_INVALID_REQUEST;
+    }
+    if (pub->n_messages > (size_t)b->config.max_batch) {
+        snprintf(why, why_len,
+                 "a publish request holds at most %lld messages (--max-batch); "
+                 "this one has %zu",
+                 (long long)b->config.max_batch, pub->n_messages);
+        return HR_E_PAYLOAD_TOO_LARGE;
     }
     for (size_t i = 0; i < pub->n_messages; i++) {
         const Herald__V1__PublishMessage *m = pub->messages[i];
@@ -466,7 +477,9 @@ static void hr_broker_handle_fetch(hr_broker_t *b, zmq_msg_t *identity, hr_reque
         hr_broker_send_error(b, identity, req->request_id, rc, "cannot read the topic log");
         return;
     }
-    if (f->epoch != 0 && f->epoch != info.epoch) {
+    if (f->head_only) {
+        limit = 0; /* no messages: the reply carries the topic's state only */
+    } else if (f->epoch != 0 && f->epoch != info.epoch) {
         /* The position belongs to a log that no longer exists (lost and recreated, or never
          * here): deliver from the oldest retained message and say so. */
         has_reset = true;
@@ -487,7 +500,7 @@ static void hr_broker_handle_fetch(hr_broker_t *b, zmq_msg_t *identity, hr_reque
     }
 
     hr_fetch_ctx_t ctx = {.topic = f->topic, .epoch = info.epoch};
-    if (info.epoch != 0) {
+    if (info.epoch != 0 && !f->head_only) {
         rc = hr_store_read(b->store, (const char *)f->topic.data, f->topic.len, after, limit,
                            max_bytes, hr_broker_fetch_cb, &ctx, &info);
         if (rc != 0 && rc != HR_E_NOT_FOUND) {
@@ -633,12 +646,17 @@ static int hr_broker_receive_one(hr_broker_t *b)
     hr_request_t *req = NULL;
     int rc = hr_codec_decode_request(zmq_msg_data(&frames[2]), zmq_msg_size(&frames[2]),
                                      (size_t)b->config.max_request_bytes, &req, why, sizeof why);
-    zmq_msg_close(&frames[2]);
     if (rc != 0) {
-        hr_broker_send_error(b, identity, req != NULL ? req->request_id : 0, rc, why);
+        uint64_t request_id = req != NULL ? req->request_id : 0;
+        if (req == NULL && rc != HR_E_PROTO)
+            request_id =
+                hr_codec_peek_request_id(zmq_msg_data(&frames[2]), zmq_msg_size(&frames[2]));
+        zmq_msg_close(&frames[2]);
+        hr_broker_send_error(b, identity, request_id, rc, why);
         hr_codec_request_free(&req);
         return 1;
     }
+    zmq_msg_close(&frames[2]);
     switch (req->body_case) {
     case HERALD__V1__REQUEST__BODY_PUBLISH:
         rc = hr_broker_validate_publish(b, req->publish, why, sizeof why);
@@ -764,6 +782,12 @@ static char *hr_broker_advertised(const hr_broker_t *b, const char *endpoint)
         const char *lp = strrchr(b->config.listen, ':');
         if (ls && lp && lp > ls + 3)
             snprintf(host, sizeof host, "%.*s", (int)(lp - ls - 3), ls + 3);
+        /* A wildcard bind address is not one anyone can dial: advertise the host name. */
+        if (strcmp(host, "*") == 0 || strcmp(host, "0.0.0.0") == 0) {
+            if (gethostname(host, sizeof host) != 0)
+                host[0] = '\0';
+            host[sizeof host - 1] = '\0';
+        }
     }
     char buf[600];
     if (host_start != NULL && port != NULL && port > host_start + 2 && host[0] != '\0' &&
@@ -836,6 +860,7 @@ int hr_broker_new(hr_broker_t **out, const hr_broker_config_t *config, char *err
 {
     hr_broker_t *b = hr_calloc(1, sizeof *b);
     b->config = *config;
+    b->lock_fd = -1;
     int rc = hr_broker_parse_cluster(b, err, errlen);
     if (rc != 0)
         goto fail;
@@ -850,6 +875,18 @@ int hr_broker_new(hr_broker_t **out, const hr_broker_config_t *config, char *err
     if (rc != 0) {
         snprintf(err, errlen, "cannot open the data directory %s: %s", config->data_dir,
                  hr_strerror(rc));
+        goto fail;
+    }
+    /* LMDB lets several processes share an environment, and seqs would stay unique, but each
+     * broker's live stream would carry only its own commits: one broker per data directory. */
+    char lock_path[4096];
+    snprintf(lock_path, sizeof lock_path, "%s/broker.lock", config->data_dir);
+    b->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (b->lock_fd < 0 || flock(b->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot lock %s: %s", lock_path,
+                 rc == -EWOULDBLOCK ? "another herald-broker is using this data directory"
+                                    : strerror(-rc));
         goto fail;
     }
     /* czmq's own SIGINT handler would swallow the first signal; main() installs Herald's. */
@@ -891,6 +928,8 @@ void hr_broker_destroy(hr_broker_t **broker)
     zsock_destroy(&b->router);
     zsock_destroy(&b->pub);
     hr_store_close(&b->store);
+    if (b->lock_fd >= 0)
+        close(b->lock_fd);
     for (size_t i = 0; i < b->n_cluster; i++)
         hr_free(b->cluster[i]);
     hr_free(b->cluster);

@@ -190,7 +190,11 @@ static int hr_cli_call(hr_cli_t *cli, hr_request_t *req, hr_reply_t **out)
             hr_codec_reply_free(&reply);
             return HR_E_PROTO;
         }
-        if (reply->request_id != req->request_id) {
+        /* A request the broker could not decode (e.g. over --max-request-bytes) is answered
+         * with request_id 0: with one request in flight, that answer is ours. */
+        bool undecoded =
+            reply->request_id == 0 && reply->body_case == HERALD__V1__REPLY__BODY_ERROR;
+        if (reply->request_id != req->request_id && !undecoded) {
             hr_codec_reply_free(&reply); /* a late reply to an earlier request */
             continue;
         }
@@ -296,6 +300,9 @@ static int hr_cli_resolve_after(hr_cli_t *cli, const char *topic, uint64_t *afte
                                 bool *latest)
 {
     const char *text = cli->config->after;
+    if (text[0] == '\0')
+        return hr_cli_usage_error("%s", "--after is empty (an unset variable?): give a cursor, "
+                                        "'earliest', 'latest' or a seq number");
     *after = 0;
     *epoch = 0;
     *latest = false;
@@ -371,7 +378,9 @@ static int hr_cli_fetch(hr_cli_t *cli, const char *topic)
             hr_codec_reply_free(&reply);
             return 0;
         }
-        if (first && fr->reset != NULL) {
+        /* Every page may carry a reset: retention can trim past the position between pages.
+         * Loss is never silent (DESIGN.md invariant 3). */
+        if (fr->reset != NULL) {
             static const char *const reasons[] = {"unspecified", "retention", "epoch",
                                                   "invalid_cursor"};
             json_t *j = json_pack("{s:s, s:s, s:s, s:I}", "type", "reset", "topic", topic, "reason",
@@ -497,9 +506,11 @@ static int hr_cli_stats(hr_cli_t *cli)
         {"map_size", s->map_size},
         {"map_used", s->map_used},
     };
-    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
+    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
         json_object_set_new(j, counters[i].key, json_integer((json_int_t)counters[i].value));
-    json_object_set_new(j, "batch_size_buckets", buckets);
+        if (strcmp(counters[i].key, "batch_messages_max") == 0)
+            json_object_set_new(j, "batch_size_buckets", buckets);
+    }
     json_object_set_new(j, "errors", errors);
     json_dumpf(j, stdout, JSON_INDENT(2));
     putchar('\n');

@@ -89,6 +89,34 @@ static int size_check(size_t len, size_t max_bytes, const char *what, char *why,
     return 0;
 }
 
+/*
+ * Decoding memory is bounded by the input: a small frame of many tiny messages would otherwise
+ * unpack into structures dozens of times its size (16 MiB of 5-byte messages is over 1 GiB).
+ * The allocator counts what protobuf-c asks for and refuses past the budget; it allocates with
+ * malloc, so the result is freed by protobuf-c's default allocator as usual.
+ */
+typedef struct {
+    size_t used, budget;
+    int exceeded;
+} hr_decode_budget_t;
+
+static void *hr_budget_alloc(void *data, size_t size)
+{
+    hr_decode_budget_t *b = data;
+    if (size > b->budget - b->used) {
+        b->exceeded = 1;
+        return NULL;
+    }
+    b->used += size;
+    return hr_malloc(size);
+}
+
+static void hr_budget_free(void *data, void *ptr)
+{
+    (void)data;
+    hr_free(ptr);
+}
+
 int hr_codec_decode_request(const uint8_t *buf, size_t len, size_t max_bytes, hr_request_t **out,
                             char *why, size_t why_len)
 {
@@ -99,9 +127,16 @@ int hr_codec_decode_request(const uint8_t *buf, size_t len, size_t max_bytes, hr
     rc = size_check(len, max_bytes, "request", why, why_len);
     if (rc != 0)
         return rc;
-    /* NULL allocator: protobuf-c's default (malloc); the whole message is freed by
-     * hr_codec_request_free through the same allocator. */
-    req = herald__v1__request__unpack(NULL, len, buf);
+    hr_decode_budget_t budget = {0, HR_CODEC_DECODE_BUDGET(len), 0};
+    ProtobufCAllocator allocator = {hr_budget_alloc, hr_budget_free, &budget};
+    req = herald__v1__request__unpack(&allocator, len, buf);
+    if (req == NULL && budget.exceeded) {
+        why_printf(why, why_len,
+                   "request of %zu bytes needs more than %zu bytes to decode (too many messages "
+                   "in one request)",
+                   len, budget.budget);
+        return HR_E_PAYLOAD_TOO_LARGE;
+    }
     if (req != NULL && has_field_zero(&req->base))
         hr_codec_request_free(&req);
     if (req == NULL) {
@@ -120,6 +155,19 @@ int hr_codec_decode_request(const uint8_t *buf, size_t len, size_t max_bytes, hr
     }
     why_clear(why, why_len);
     return 0;
+}
+
+uint64_t hr_codec_peek_request_id(const uint8_t *buf, size_t len)
+{
+    /* Unknown fields (the body) are kept as copies, so this needs about the input's size. */
+    hr_decode_budget_t budget = {0, len + 4096, 0};
+    ProtobufCAllocator allocator = {hr_budget_alloc, hr_budget_free, &budget};
+    Herald__V1__RequestHeader *h = herald__v1__request_header__unpack(&allocator, len, buf);
+    if (h == NULL)
+        return 0;
+    uint64_t id = h->request_id;
+    herald__v1__request_header__free_unpacked(h, NULL);
+    return id;
 }
 
 void hr_codec_request_free(hr_request_t **req)

@@ -18,10 +18,15 @@
 typedef Herald__V1__Request hr_request_t;
 typedef Herald__V1__Reply hr_reply_t;
 
+/* Most bytes hr_codec_decode_request may allocate for a request of `len` bytes: four times its
+ * size plus 2 MiB (room for 8,192 minimal messages). */
+#define HR_CODEC_DECODE_BUDGET(len) ((size_t)(len)*4 + 2u * 1024 * 1024)
+
 /*
  * Decode a Request from `len` bytes. On success *out is owned by the caller (free with
  * hr_codec_request_free). Errors, each with an explanation in `why` (`why_len` bytes, may be
- * NULL): HR_E_PAYLOAD_TOO_LARGE (len > max_bytes), HR_E_PROTO (not a valid Request, including
+ * NULL): HR_E_PAYLOAD_TOO_LARGE (len > max_bytes, or decoding would need more than
+ * HR_CODEC_DECODE_BUDGET(len) bytes), HR_E_PROTO (not a valid Request, including
  * one carrying field number 0 at any depth, which protobuf-c would accept but not re-encode),
  * HR_E_VERSION (version above HR_PROTOCOL_VERSION; *out is still set so the caller can echo
  * request_id), HR_E_INVALID_REQUEST (no body: an unknown or missing request type; *out set too).
@@ -30,6 +35,10 @@ typedef Herald__V1__Reply hr_reply_t;
 int hr_codec_decode_request(const uint8_t *buf, size_t len, size_t max_bytes, hr_request_t **out,
                             char *why, size_t why_len);
 void hr_codec_request_free(hr_request_t **req);
+
+/* The request_id of a Request that hr_codec_decode_request refused, read from its leading
+ * fields (RequestHeader), so the error reply can still be matched; 0 when even that fails. */
+uint64_t hr_codec_peek_request_id(const uint8_t *buf, size_t len);
 
 /* As hr_codec_decode_request, for a Reply (used by the CLI and edges). */
 int hr_codec_decode_reply(const uint8_t *buf, size_t len, size_t max_bytes, hr_reply_t **out,

@@ -18,13 +18,13 @@ mapfile -t sources < <(git ls-files '*.c' '*.h' 2>/dev/null || find common proto
 clang-format --dry-run --Werror "${sources[@]}"
 
 echo "== build (warnings are errors)"
-cmake -S . -B build -DHERALD_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S . -B build -DHERALD_WERROR=ON -DBUILD_TESTING=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs"
 echo "== tests"
 ctest --test-dir build --output-on-failure -j"$jobs"
 
 echo "== build with AddressSanitizer and UndefinedBehaviorSanitizer"
-cmake -S . -B build-asan -DHERALD_WERROR=ON -DCMAKE_BUILD_TYPE=Debug \
+cmake -S . -B build-asan -DHERALD_WERROR=ON -DBUILD_TESTING=ON -DCMAKE_BUILD_TYPE=Debug \
   -DHERALD_SANITIZE=address,undefined >/dev/null
 cmake --build build-asan -j"$jobs"
 echo "== tests under the sanitizers: unit, fuzz replays, integration subset"

@@ -44,8 +44,8 @@ class Broker:
                 raise TimeoutError("no reply from the broker")
             delimiter, body = self.sock.recv_multipart()
             reply = herald_pb2.Reply.FromString(body)
-            if reply.request_id != request.request_id:
-                continue  # a late reply to an earlier request
+            if reply.request_id not in (request.request_id, 0):
+                continue  # a late reply to an earlier request (0: one the broker could not read)
             if reply.WhichOneof("body") == "error":
                 # error.code is stable (invalid_topic, payload_too_large, storage_full, ...)
                 raise RuntimeError(f"{reply.error.code}: {reply.error.message}")

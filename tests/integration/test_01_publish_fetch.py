@@ -272,7 +272,7 @@ def test_hello_advertises_dialable_endpoints(broker_factory, herald_pb2):
     assert hello.live_endpoint == b.live
 
 
-def test_max_batch_bounds_group_commits_but_never_splits_a_request(broker_factory):
+def test_max_batch_bounds_group_commits_and_requests(broker_factory):
     b = broker_factory("--max-batch", "10")
     with b.client() as c:
         ids = [c.send(publish_request([publish_message(f"mb.t{i % 3}", b"x")]))
@@ -283,10 +283,28 @@ def test_max_batch_bounds_group_commits_but_never_splits_a_request(broker_factor
         assert st.messages_appended == 300
         assert st.batch_messages_max <= 10
         assert sum(st.batch_size_buckets) == st.batches
-        # a request is atomic: one bigger than --max-batch is committed whole
-        res = c.publish_batch([publish_message("mb.big", str(i).encode()) for i in range(50)])
-        assert [r.seq for r in res] == list(range(1, 51))
-        assert c.stats().batch_messages_max == 50
+        # a request is atomic and never split, so one bigger than --max-batch is refused whole
+        res = c.publish_batch([publish_message("mb.big", str(i).encode()) for i in range(10)])
+        assert [r.seq for r in res] == list(range(1, 11))
+        err = c.call_error(publish_request(
+            [publish_message("mb.big", str(i).encode()) for i in range(11)]))
+        assert err.code == "payload_too_large"
+        assert "at most 10 messages" in err.message
+        assert c.fetch("mb.big").last_seq == 10
+
+
+def test_many_tiny_messages_cannot_blow_up_decoding(broker_factory):
+    # 16 MiB of minimal messages would unpack into over 1 GiB: refused by the decode budget
+    b = broker_factory("--max-batch", "1000000")
+    with b.client() as c:
+        c.publish("tiny.keep", b"kept")
+        msg = publish_message("t", b"")
+        req = publish_request([msg] * 2_000_000)
+        err = c.call_error(req, timeout=30)
+        assert err.code == "payload_too_large"
+        assert "to decode" in err.message
+        assert [m.data for m in c.fetch("tiny.keep").messages] == [b"kept"]
+        assert c.fetch("t").last_seq == 0
 
 
 def test_fetch_limit_is_capped_at_10000(client):

@@ -253,8 +253,8 @@ def test_request_frame_over_the_limit(c):
     assert reply.WhichOneof("body") == "error"
     assert reply.error.code == "payload_too_large"
     assert reply.error.message == f"request is {len(raw)} bytes; the limit is {MAX_REQUEST}"
-    # the request is refused before it is decoded, so its request_id is unknown
-    assert reply.request_id == 0
+    # refused before it is decoded, yet its request_id is read from its leading fields
+    assert reply.request_id == 555
     assert len(c.fetch("reqsize.t").messages) == 0
     # the same messages in requests under the limit go through
     assert [r.seq for r in c.publish_batch(msgs[:4])] == [1, 2, 3, 4]
@@ -480,3 +480,14 @@ def test_data_dir_that_is_a_file(tmp_path):
     assert rc == 1
     assert str(data_dir) in err
     assert (data_dir).read_bytes() == b"x"
+
+
+def test_second_broker_on_the_same_data_dir_is_refused(broker):
+    # one broker per data directory: a second one's live stream would miss the first's commits
+    with broker.client() as c:
+        c.publish("lock.t", b"first")
+    rc, _, err = run_broker_binary(broker_args(broker.data_dir))
+    assert rc == 1
+    assert "another herald-broker is using this data directory" in err
+    with broker.client() as c:
+        assert c.publish("lock.t", b"second").seq == 2

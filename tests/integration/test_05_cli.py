@@ -387,3 +387,11 @@ def test_cli_doc_lists_every_option():
         env = "HERALD_" + name.upper().replace("-", "_")
         assert re.search(rf"^\| `--{name}` \| `{env}` \| {re.escape(shown)} \|", doc, re.M), \
             f"docs/cli.md lacks --{name} with default {shown}"
+
+
+def test_fetch_with_an_empty_after_is_a_usage_error(cli):
+    # an unset shell variable must not silently mean "latest"
+    assert cli("publish", "cli.empty", "x")[0] == 0
+    rc, out, err = cli("fetch", "cli.empty", "--after", "")
+    assert (rc, out) == (2, "")
+    assert "--after is empty" in err
