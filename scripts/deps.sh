@@ -8,15 +8,21 @@ set -euo pipefail
 
 build_pkgs=(build-essential cmake pkg-config libzmq3-dev libczmq-dev libuv1-dev libwslay-dev
   liblmdb-dev lmdb-utils libprotobuf-c-dev protobuf-c-compiler libjansson-dev libssl-dev
-  node-llhttp)
+  node-llhttp curl)
 test_pkgs=(libcmocka-dev python3 python3-pytest python3-zmq python3-protobuf protobuf-compiler
-  clang libclang-rt-14-dev clang-format)
+  python3-aiohttp python3-requests clang libclang-rt-14-dev clang-format chromium haproxy)
 
 case "${1:-build}" in
   build) pkgs=("${build_pkgs[@]}") ;;
   test) pkgs=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
   *) echo "usage: $0 build|test" >&2; exit 2 ;;
 esac
+
+# Node.js runs the browser tests (playwright-core from npm drives Debian's chromium). Machines
+# that already have a Node.js (Debian's or another apt source's) keep it.
+if [[ ${1:-build} == test ]] && ! command -v npm >/dev/null; then
+  pkgs+=(nodejs npm)
+fi
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -12,6 +12,8 @@ root=$(pwd)
 jobs=$(nproc)
 
 bash scripts/deps.sh test
+echo "== browser test tools (playwright-core from npm; the browser is Debian's chromium)"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== format check"
 mapfile -t sources < <(git ls-files '*.c' '*.h' 2>/dev/null || find common proto storage broker cli edge tests -name '*.[ch]')
