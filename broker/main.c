@@ -25,20 +25,22 @@ int main(int argc, char **argv)
     int want_help;
     char err[512];
     if (argc == 2 && strcmp(argv[1], "--options-markdown") == 0) {
-        hr_options_print_markdown(stdout, hr_broker_options, hr_broker_options_count);
+        hr_options_print_markdown(stdout, hr_broker_options, hr_broker_options_count,
+                                  "HERALD_BROKER_");
         return 0;
     }
-    if (hr_options_parse(hr_broker_options, hr_broker_options_count, &config, argc, argv,
-                         positional, 0, &n_positional, &want_help, err, sizeof err) != 0) {
+    if (hr_options_parse(hr_broker_options, hr_broker_options_count, "HERALD_BROKER_", &config,
+                         argc, argv, positional, 0, &n_positional, &want_help, err,
+                         sizeof err) != 0) {
         fprintf(stderr, "herald-broker: %s\n", err);
         return 2;
     }
     if (want_help) {
-        printf(
-            "usage: herald-broker [options]\n\n"
-            "Owns partitions of the topic log in LMDB, assigns message IDs, serves history\n"
-            "and fans committed messages out to edges. Every option also reads HERALD_<NAME>.\n\n");
-        hr_options_print_help(stdout, hr_broker_options, hr_broker_options_count);
+        printf("usage: herald-broker [options]\n\n"
+               "Owns partitions of the topic log in LMDB, assigns message IDs, serves history\n"
+               "and fans committed messages out to edges. Every option also reads "
+               "HERALD_BROKER_<NAME>.\n\n");
+        hr_options_print_help(stdout, hr_broker_options, hr_broker_options_count, "HERALD_BROKER_");
         return 0;
     }
     int level = hr_log_level_parse(config.log_level);

@@ -100,7 +100,7 @@ static void hr_cli_help(void)
            "  ping                    check that the broker answers\n\n"
            "exit codes: 0 ok, 1 refused by the broker, 2 usage, 3 broker unreachable,\n"
            "            4 broker storage failure\n\noptions (each also reads HERALD_<NAME>):\n");
-    hr_options_print_help(stdout, hr_cli_options, HR_CLI_N_OPTIONS);
+    hr_options_print_help(stdout, hr_cli_options, HR_CLI_N_OPTIONS, "HERALD_");
 }
 
 /* ---- request/reply ------------------------------------------------------------------------ */
@@ -542,8 +542,8 @@ int main(int argc, char **argv)
     size_t n_args;
     int want_help;
     char err[512];
-    if (hr_options_parse(hr_cli_options, HR_CLI_N_OPTIONS, &config, argc, argv, args, 4, &n_args,
-                         &want_help, err, sizeof err) != 0) {
+    if (hr_options_parse(hr_cli_options, HR_CLI_N_OPTIONS, "HERALD_", &config, argc, argv, args, 4,
+                         &n_args, &want_help, err, sizeof err) != 0) {
         fprintf(stderr, "herald: %s\n", err);
         return EXIT_USAGE;
     }

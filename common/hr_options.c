@@ -9,9 +9,9 @@
 #include <string.h>
 #include <strings.h>
 
-static void hr_options_env_name(const char *name, char *out, size_t cap)
+static void hr_options_env_name(const char *prefix, const char *name, char *out, size_t cap)
 {
-    size_t n = (size_t)snprintf(out, cap, "HERALD_");
+    size_t n = (size_t)snprintf(out, cap, "%s", prefix);
     for (const char *p = name; *p != '\0' && n + 1 < cap; p++)
         out[n++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
     out[n] = '\0';
@@ -96,9 +96,9 @@ static const hr_option_t *hr_options_find(const hr_option_t *table, size_t n, co
     return NULL;
 }
 
-int hr_options_parse(const hr_option_t *table, size_t n, void *config, int argc, char **argv,
-                     char **positional, size_t max_positional, size_t *n_positional, int *want_help,
-                     char *err, size_t errlen)
+int hr_options_parse(const hr_option_t *table, size_t n, const char *env_prefix, void *config,
+                     int argc, char **argv, char **positional, size_t max_positional,
+                     size_t *n_positional, int *want_help, char *err, size_t errlen)
 {
     char from[128];
     *want_help = 0;
@@ -111,7 +111,7 @@ int hr_options_parse(const hr_option_t *table, size_t n, void *config, int argc,
     }
     for (size_t i = 0; i < n; i++) {
         char env[96];
-        hr_options_env_name(table[i].name, env, sizeof env);
+        hr_options_env_name(env_prefix, table[i].name, env, sizeof env);
         const char *value = getenv(env);
         if (value == NULL)
             continue;
@@ -175,22 +175,23 @@ int hr_options_parse(const hr_option_t *table, size_t n, void *config, int argc,
     return 0;
 }
 
-void hr_options_print_help(FILE *out, const hr_option_t *table, size_t n)
+void hr_options_print_help(FILE *out, const hr_option_t *table, size_t n, const char *env_prefix)
 {
     for (size_t i = 0; i < n; i++) {
         char env[96];
-        hr_options_env_name(table[i].name, env, sizeof env);
+        hr_options_env_name(env_prefix, table[i].name, env, sizeof env);
         fprintf(out, "  --%-24s %s\n  %-26s env %s, default '%s'\n", table[i].name, table[i].help,
                 "", env, table[i].def);
     }
 }
 
-void hr_options_print_markdown(FILE *out, const hr_option_t *table, size_t n)
+void hr_options_print_markdown(FILE *out, const hr_option_t *table, size_t n,
+                               const char *env_prefix)
 {
     fprintf(out, "| flag | environment | default | meaning |\n|---|---|---|---|\n");
     for (size_t i = 0; i < n; i++) {
         char env[96];
-        hr_options_env_name(table[i].name, env, sizeof env);
+        hr_options_env_name(env_prefix, table[i].name, env, sizeof env);
         if (table[i].def[0] == '\0')
             fprintf(out, "| `--%s` | `%s` | *(empty)* | %s |\n", table[i].name, env, table[i].help);
         else

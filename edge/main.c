@@ -147,19 +147,20 @@ int main(int argc, char **argv)
     int want_help;
     char err[512];
     if (argc == 2 && strcmp(argv[1], "--options-markdown") == 0) {
-        hr_options_print_markdown(stdout, hr_edge_options, hr_edge_options_count);
+        hr_options_print_markdown(stdout, hr_edge_options, hr_edge_options_count, "HERALD_EDGE_");
         return 0;
     }
-    if (hr_options_parse(hr_edge_options, hr_edge_options_count, &edge->config, argc, argv,
-                         positional, 0, &n_positional, &want_help, err, sizeof err) != 0) {
+    if (hr_options_parse(hr_edge_options, hr_edge_options_count, "HERALD_EDGE_", &edge->config,
+                         argc, argv, positional, 0, &n_positional, &want_help, err,
+                         sizeof err) != 0) {
         fprintf(stderr, "herald-edge: %s\n", err);
         return 2;
     }
     if (want_help) {
         printf("usage: herald-edge [options]\n\n"
                "Terminates client connections (SSE, HTTP publish and history) and forwards to\n"
-               "the brokers. Every option also reads HERALD_<NAME>.\n\n");
-        hr_options_print_help(stdout, hr_edge_options, hr_edge_options_count);
+               "the brokers. Every option also reads HERALD_EDGE_<NAME>.\n\n");
+        hr_options_print_help(stdout, hr_edge_options, hr_edge_options_count, "HERALD_EDGE_");
         return 0;
     }
     int level = hr_log_level_parse(edge->config.log_level);

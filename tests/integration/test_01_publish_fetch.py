@@ -318,7 +318,7 @@ def test_fetch_limit_is_capped_at_10000(client):
 
 
 def test_broker_options_read_their_environment_twins(broker_factory):
-    env = dict(os.environ, HERALD_MAX_DATA_BYTES="1K", HERALD_FETCH_LIMIT="2")
+    env = dict(os.environ, HERALD_BROKER_MAX_DATA_BYTES="1K", HERALD_BROKER_FETCH_LIMIT="2")
     b = broker_factory(env=env)
     with b.client() as c:
         assert c.publish("env.t", b"a" * 1024).seq == 1

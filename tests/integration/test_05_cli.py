@@ -330,7 +330,7 @@ def test_broker_help_lists_every_option():
     assert out.startswith("usage: herald-broker [options]\n")
     for name in BROKER_OPTIONS:
         assert re.search(rf"^  --{name} ", out, re.M), f"--{name} missing from --help"
-        env = "HERALD_" + name.upper().replace("-", "_")
+        env = "HERALD_BROKER_" + name.upper().replace("-", "_")
         assert f"env {env}, default '" in out
 
 
@@ -356,10 +356,10 @@ def test_broker_bad_option_value_exits_2(args, message):
 
 
 def test_broker_bad_environment_value_exits_2(tmp_path):
-    proc = subprocess.run([str(BROKER_BIN)], env=dict(os.environ, HERALD_MAP_SIZE="lots"),
+    proc = subprocess.run([str(BROKER_BIN)], env=dict(os.environ, HERALD_BROKER_MAP_SIZE="lots"),
                           capture_output=True, timeout=10)
     assert proc.returncode == 2
-    assert b"HERALD_MAP_SIZE: 'lots' is not a byte size" in proc.stderr
+    assert b"HERALD_BROKER_MAP_SIZE: 'lots' is not a byte size" in proc.stderr
 
 
 def test_broker_cannot_bind_exits_1(broker, tmp_path):

@@ -30,7 +30,8 @@ static const hr_option_t test_options[] = {
 static int parse(test_config_t *c, int argc, char **argv, char **pos, size_t *npos, char *err)
 {
     int help;
-    return hr_options_parse(test_options, N_OPTS, c, argc, argv, pos, 4, npos, &help, err, 256);
+    return hr_options_parse(test_options, N_OPTS, "HERALD_", c, argc, argv, pos, 4, npos, &help,
+                            err, 256);
 }
 
 static void test_defaults(void **state)
