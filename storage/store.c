@@ -7,6 +7,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <lmdb.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -17,6 +18,8 @@
  *
  * meta      "format"        -> u32 LE  HR_STORE_FORMAT
  *           "next_topic_id" -> u64 LE  id the next new topic gets (ids start at 1, never reused)
+ *           "reclaims"      -> u64 LE  number of reclaim commits (see store_reclaim); absent
+ *                                      until the first, and read by nothing else
  *
  * topics    topic name (1..255 bytes) -> topic record, 40 bytes:
  *             0  u64 LE topic_id
@@ -49,6 +52,46 @@
 #define DEFAULT_DEDUPE_WINDOW_MS UINT64_C(300000)
 #define DEFAULT_MAX_READERS      126u
 
+/*
+ * Space accounting: why the LMDB map is larger than opts.map_size.
+ *
+ * LMDB is copy-on-write: every transaction, including one that only deletes, needs free pages
+ * for the new copies of the pages it touches and for the free-page list it writes at commit. A
+ * map filled to the last page therefore cannot even be trimmed (MDB_MAP_FULL on delete), and
+ * the store would stay full forever, restarts included. So opts.map_size is the store's limit
+ * on DATA, and LMDB's map is that limit plus headroom (map_for_limit below):
+ *
+ *   - An append is refused with HR_E_STORAGE_FULL (transaction aborted, log unchanged) when,
+ *     after the batch, the pages in use would exceed the limit. "Pages in use" is
+ *     store_pages_in_use: the two meta pages plus every branch, leaf and overflow page of the
+ *     main database and Herald's four, as the write transaction sees them. That is the same
+ *     number as LMDB's (last page number + 1) minus the free pages its free list records
+ *     minus the pages of that list, but it costs five O(1) mdb_stat calls instead of a walk
+ *     over the free list, so every append checks it, and it includes the batch's own pages.
+ *   - Trimming is never refused by the limit, and it only lowers the pages in use. So at
+ *     least the headroom's worth of the map is always free pages or not yet part of the file,
+ *     and a trim finds the pages it needs even when appends are refused. (A delete copies
+ *     only the pages on its path, and pages a transaction copied and then emptied are reused
+ *     within it.) Should LMDB still run out, hr_store_trim retries with smaller transactions
+ *     (see there).
+ *   - After a trim, a second tiny commit makes the freed pages reusable by the very next
+ *     append (store_reclaim).
+ *   - LMDB's own MDB_MAP_FULL still maps to HR_E_STORAGE_FULL: it remains possible when the
+ *     free pages beyond the limit are ones LMDB cannot reuse yet (another process's long read
+ *     transaction pins them) or cannot use for a large record (no run of consecutive free
+ *     pages long enough for its overflow pages). A long-running store with records of mixed
+ *     sizes does spread its free pages over the headroom, so the data file grows to the full
+ *     map, limit plus headroom, in time.
+ *
+ * The headroom is 5% of the limit, at least 1 MiB, rounded up to 64 KiB (a multiple of every
+ * page size LMDB supports). The free list LMDB writes at commit takes 8 bytes per free page,
+ * well under 1% of the pages it describes, so 5% leaves a wide margin.
+ */
+#define HEADROOM_MIN     (UINT64_C(1) << 20)
+#define HEADROOM_DIVISOR 20
+#define HEADROOM_ALIGN   (UINT64_C(1) << 16)
+#define META_PAGES       2 /* LMDB's two meta pages, pages 0 and 1 */
+
 /* One topic touched by the batch being appended: a slot of an open-addressing hash table that
  * lives in hr_store_t and is reused across batches. A slot is in use when its gen equals the
  * table's current generation, so starting a batch costs an increment rather than a memset. */
@@ -63,11 +106,19 @@ typedef struct {
 
 struct hr_store {
     MDB_env *env;
+    MDB_dbi dbi_main; /* LMDB's main database: it holds the four below */
     MDB_dbi dbi_meta;
     MDB_dbi dbi_topics;
     MDB_dbi dbi_messages;
     MDB_dbi dbi_dedupe;
     hr_store_options_t opts;
+
+    /* Space accounting (see the comment at HEADROOM_MIN). limit is opts.map_size, or more when
+     * LMDB's map turned out larger than the one requested (map_adopt). */
+    uint64_t limit;       /* bytes of pages in use appends may not exceed */
+    uint64_t limit_pages; /* limit / psize */
+    unsigned psize;       /* LMDB page size */
+    bool reclaim_pending; /* a reclaim commit is owed (see store_reclaim) */
 
     /* A read transaction and cursor kept reset between reads (mdb_txn_renew is much cheaper than
      * mdb_txn_begin). NULL until the first read. */
@@ -211,15 +262,20 @@ static int store_err(int rc)
     }
 }
 
+static void map_adopt(hr_store_t *st);
+
 /* Begin a transaction. MDB_MAP_RESIZED means another process grew the map past ours: adopt its
- * size (mdb_env_set_mapsize with 0, as lmdb.h prescribes) and try once more. */
+ * size (mdb_env_set_mapsize with 0, as lmdb.h prescribes; map_adopt follows with the limit) and
+ * try once more. */
 static int store_txn_begin(hr_store_t *st, unsigned flags, MDB_txn **txn)
 {
     int rc = mdb_txn_begin(st->env, NULL, flags, txn);
     if (rc == MDB_MAP_RESIZED) {
         rc = mdb_env_set_mapsize(st->env, 0);
-        if (rc == 0)
+        if (rc == 0) {
+            map_adopt(st);
             rc = mdb_txn_begin(st->env, NULL, flags, txn);
+        }
     }
     return rc;
 }
@@ -247,6 +303,9 @@ static int store_read_begin(hr_store_t *st, MDB_txn **txn)
     return 0;
 }
 
+/* Reset, not just left alone: a reset read transaction keeps its reader slot (so the next
+ * read is a cheap renew) but holds no snapshot, so it never stops LMDB from reusing the pages a
+ * trim freed. Every path out of a read comes through here. */
 static void store_read_end(hr_store_t *st)
 {
     mdb_txn_reset(st->rtxn);
@@ -292,6 +351,120 @@ static int random_epoch(uint64_t *out)
     return 0;
 }
 
+/* ---- space accounting (see the comment at HEADROOM_MIN) ----------------------------------- */
+
+static uint64_t headroom_for(uint64_t limit)
+{
+    uint64_t h = limit / HEADROOM_DIVISOR;
+
+    if (h < HEADROOM_MIN)
+        h = HEADROOM_MIN;
+    return (h + HEADROOM_ALIGN - 1) & ~(HEADROOM_ALIGN - 1);
+}
+
+/* The LMDB map for a limit: limit + headroom, saturating (mmap then fails cleanly). */
+static uint64_t map_for_limit(uint64_t limit)
+{
+    uint64_t h = headroom_for(limit);
+    return limit > UINT64_MAX - h ? UINT64_MAX : limit + h;
+}
+
+/* The inverse: the largest limit whose map fits in `map` bytes (0 if none does). map_for_limit
+ * is strictly increasing, so a binary search finds it. */
+static uint64_t limit_for_map(uint64_t map)
+{
+    uint64_t lo = 0, hi = map; /* the answer is in [lo, hi], or there is none */
+
+    if (map_for_limit(0) > map)
+        return 0;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo + 1) / 2;
+        if (map_for_limit(mid) <= map)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
+/* Follow LMDB's actual map size. It exceeds the one requested when the data file was already
+ * larger (LMDB never maps less than the data), or after MDB_MAP_RESIZED, when another process
+ * grew the map: then the limit becomes the one that map was made for, never less than
+ * opts.map_size. */
+static void map_adopt(hr_store_t *st)
+{
+    MDB_envinfo ei;
+    uint64_t limit = st->opts.map_size;
+
+    if (mdb_env_info(st->env, &ei) == 0 && limit_for_map(ei.me_mapsize) > limit)
+        limit = limit_for_map(ei.me_mapsize);
+    st->limit = limit;
+    st->limit_pages = limit / st->psize;
+}
+
+/* The pages in use as `txn` sees them: LMDB's two meta pages plus every page of the main
+ * database and Herald's four. mdb_stat reads counters LMDB keeps in each database record, so
+ * this is cheap, and inside a write transaction it includes the pages the transaction added. */
+static int store_pages_in_use(hr_store_t *st, MDB_txn *txn, uint64_t *pages)
+{
+    const MDB_dbi dbis[] = {st->dbi_main, st->dbi_meta, st->dbi_topics, st->dbi_messages,
+                            st->dbi_dedupe};
+    uint64_t n = META_PAGES;
+
+    for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
+        MDB_stat ms;
+        int rc = mdb_stat(txn, dbis[i], &ms);
+        if (rc != 0)
+            return store_err(rc);
+        n += (uint64_t)ms.ms_branch_pages + ms.ms_leaf_pages + ms.ms_overflow_pages;
+    }
+    *pages = n;
+    return 0;
+}
+
+/*
+ * LMDB reuses a free page only once no snapshot can still see it. It keeps the previous commit
+ * readable, so the pages freed by the LATEST commit are never reusable by the very next write
+ * transaction: after a trim, the first append would find none of the freed pages and, in a
+ * full store, fail with MDB_MAP_FULL. (It would succeed only after some other commit.) So after
+ * a trim that deleted anything this commits one more tiny transaction, bumping meta "reclaims";
+ * from then on the trim's pages are reusable by the next append. It costs one small commit (and
+ * fsync, with opts.sync) per trim that deleted something.
+ *
+ * Best effort: the trim has committed either way. On failure reclaim_pending stays set and the
+ * next hr_store_trim tries again even if it has nothing to delete; an append that LMDB refuses
+ * with MDB_MAP_FULL sets it too (the latest commit may have been a trim whose reclaim never
+ * happened, say before a crash).
+ */
+static void store_reclaim(hr_store_t *st)
+{
+    MDB_txn *txn;
+    MDB_val k = {8, "reclaims"}, v;
+    uint8_t buf[8];
+    uint64_t n = 0;
+    int rc;
+
+    st->reclaim_pending = true;
+    if (store_txn_begin(st, 0, &txn) != 0)
+        return;
+    rc = mdb_get(txn, st->dbi_meta, &k, &v);
+    if (rc == 0 && v.mv_size == 8)
+        n = le64_get(v.mv_data);
+    else if (rc != 0 && rc != MDB_NOTFOUND) {
+        mdb_txn_abort(txn);
+        return;
+    }
+    le64_put(buf, n + 1);
+    v = (MDB_val){8, buf};
+    rc = mdb_put(txn, st->dbi_meta, &k, &v, 0);
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return;
+    }
+    if (mdb_txn_commit(txn) == 0)
+        st->reclaim_pending = false;
+}
+
 /* ---- open / close ------------------------------------------------------------------------ */
 
 void hr_store_options_default(hr_store_options_t *opts)
@@ -314,7 +487,6 @@ static int dbi_open_existing(MDB_txn *txn, const char *name, MDB_dbi *dbi)
 static int store_init_dbs(hr_store_t *st)
 {
     MDB_txn *txn = NULL;
-    MDB_dbi main_dbi;
     MDB_stat ms;
     MDB_val k, v;
     uint8_t buf[8];
@@ -323,9 +495,9 @@ static int store_init_dbs(hr_store_t *st)
     rc = store_txn_begin(st, 0, &txn);
     if (rc != 0)
         return store_err(rc);
-    rc = mdb_dbi_open(txn, NULL, 0, &main_dbi);
+    rc = mdb_dbi_open(txn, NULL, 0, &st->dbi_main);
     if (rc == 0)
-        rc = mdb_stat(txn, main_dbi, &ms);
+        rc = mdb_stat(txn, st->dbi_main, &ms);
     if (rc != 0) {
         rc = store_err(rc);
         goto fail;
@@ -419,8 +591,9 @@ int hr_store_open(hr_store_t **out, const char *dir, const hr_store_options_t *o
         rc = rc > 0 ? -rc : store_err(rc);
         goto fail;
     }
+    /* The map is the limit plus headroom (see the comment at HEADROOM_MIN). */
     if ((rc = mdb_env_set_maxdbs(st->env, 4)) != 0 ||
-        (rc = mdb_env_set_mapsize(st->env, (size_t)o.map_size)) != 0 ||
+        (rc = mdb_env_set_mapsize(st->env, (size_t)map_for_limit(o.map_size))) != 0 ||
         (rc = mdb_env_set_maxreaders(st->env, o.max_readers)) != 0) {
         rc = rc > 0 ? -rc : store_err(rc);
         goto fail;
@@ -434,6 +607,16 @@ int hr_store_open(hr_store_t **out, const char *dir, const hr_store_options_t *o
         rc = rc > 0 ? -rc : store_err(rc);
         goto fail;
     }
+    {
+        MDB_stat es;
+        rc = mdb_env_stat(st->env, &es);
+        if (rc != 0) {
+            rc = store_err(rc);
+            goto fail;
+        }
+        st->psize = es.ms_psize;
+    }
+    map_adopt(st);
     rc = store_init_dbs(st);
     if (rc != 0)
         goto fail;
@@ -773,10 +956,26 @@ int hr_store_append(hr_store_t *store, const hr_store_msg_t *msgs, size_t n,
         mdb_txn_abort(txn);
         return 0;
     }
+    /* The limit: the batch may not take the pages in use past opts.map_size. */
+    {
+        uint64_t pages;
+        rc = store_pages_in_use(st, txn, &pages);
+        if (rc != 0)
+            goto fail;
+        if (pages > st->limit_pages) {
+            mdb_txn_abort(txn);
+            return HR_E_STORAGE_FULL;
+        }
+    }
     /* mdb_txn_commit frees the transaction whether or not it succeeds. */
-    return store_err(mdb_txn_commit(txn));
+    rc = mdb_txn_commit(txn);
+    if (rc == MDB_MAP_FULL)
+        st->reclaim_pending = true;
+    return store_err(rc);
 
 fail:
+    if (rc == HR_E_STORAGE_FULL)
+        st->reclaim_pending = true; /* LMDB's own MDB_MAP_FULL: see store_reclaim */
     mdb_txn_abort(txn);
     return rc;
 }
@@ -1113,11 +1312,40 @@ static int trim_dedupe(trim_ctx_t *c)
     return rc;
 }
 
+/* One trim transaction with c's policy and budget: commit what it deleted, if anything. */
+static int trim_txn(trim_ctx_t *c)
+{
+    hr_store_t *st = c->st;
+    int rc;
+
+    rc = store_txn_begin(st, 0, &c->txn);
+    if (rc != 0)
+        return store_err(rc);
+    rc = mdb_cursor_open(c->txn, st->dbi_messages, &c->mcur);
+    if (rc != 0) {
+        mdb_txn_abort(c->txn);
+        return store_err(rc);
+    }
+    if (c->policy->max_messages > 0 || c->policy->max_age_ms > 0)
+        rc = trim_messages(c);
+    if (rc == 0 && !c->more)
+        rc = trim_dedupe(c);
+    mdb_cursor_close(c->mcur);
+    if (rc != 0 || !c->wrote) {
+        mdb_txn_abort(c->txn); /* failed, or nothing to commit and no fsync to pay */
+        return rc;
+    }
+    /* mdb_txn_commit frees the transaction whether or not it succeeds. */
+    return store_err(mdb_txn_commit(c->txn));
+}
+
 int hr_store_trim(hr_store_t *store, const hr_store_retention_t *policy, uint64_t now_ms,
                   size_t budget, uint64_t *trimmed, bool *more)
 {
     static const hr_store_retention_t none = {0, 0};
-    trim_ctx_t c = {0};
+    uint8_t from[HR_STORE_MAX_TOPIC];
+    size_t from_len;
+    trim_ctx_t c;
     int rc;
 
     assert(store != NULL);
@@ -1125,51 +1353,47 @@ int hr_store_trim(hr_store_t *store, const hr_store_retention_t *policy, uint64_
         *trimmed = 0;
     if (more != NULL)
         *more = false;
-    c.st = store;
-    c.policy = policy != NULL ? policy : &none;
-    c.now_ms = now_ms;
-    c.budget = budget;
-
-    rc = store_txn_begin(store, 0, &c.txn);
-    if (rc != 0)
-        return store_err(rc);
-    rc = mdb_cursor_open(c.txn, store->dbi_messages, &c.mcur);
-    if (rc != 0) {
-        rc = store_err(rc);
-        goto fail;
-    }
-    if (c.policy->max_messages > 0 || c.policy->max_age_ms > 0)
-        rc = trim_messages(&c);
-    if (rc == 0 && !c.more)
-        rc = trim_dedupe(&c);
-    mdb_cursor_close(c.mcur);
-    if (rc != 0)
-        goto fail;
-    if (!c.wrote) {
-        mdb_txn_abort(c.txn); /* nothing to commit, and no fsync to pay */
-    } else {
-        rc = store_err(mdb_txn_commit(c.txn));
-        if (rc != 0)
+    from_len = store->trim_from_len;
+    memcpy(from, store->trim_from, from_len);
+    for (;;) {
+        c = (trim_ctx_t){0};
+        c.st = store;
+        c.policy = policy != NULL ? policy : &none;
+        c.now_ms = now_ms;
+        c.budget = budget;
+        rc = trim_txn(&c);
+        if (rc == 0)
+            break;
+        /* A failed attempt changed nothing on disk; neither may it move the resume point. */
+        memcpy(store->trim_from, from, from_len);
+        store->trim_from_len = from_len;
+        /* LMDB ran out of pages. Deleting needs few new pages, but the commit writes the list
+         * of every page the transaction freed as ONE record, which for a large trim spans
+         * several consecutive pages; in a map whose headroom is taken by scattered free
+         * pages there may be no such run. So try again deleting half as much, down to one
+         * record at a time (a list that fits in one page); the caller sees *more and calls
+         * again for the rest. */
+        if (rc != HR_E_STORAGE_FULL || c.deleted < 2)
             return rc;
+        budget = c.deleted / 2;
     }
+    /* Make what the trim freed reusable by the next append (see store_reclaim). */
+    if (c.wrote || store->reclaim_pending)
+        store_reclaim(store);
     if (trimmed != NULL)
         *trimmed = c.trimmed;
     if (more != NULL)
         *more = c.more;
     return 0;
-
-fail:
-    mdb_txn_abort(c.txn);
-    return rc;
 }
 
 /* ---- stats ------------------------------------------------------------------------------- */
 
 int hr_store_stats(hr_store_t *store, hr_store_stats_t *stats)
 {
-    MDB_envinfo ei;
-    MDB_stat es, ts;
+    MDB_stat ts;
     MDB_txn *txn;
+    uint64_t pages = 0;
     int rc;
 
     assert(store != NULL && stats != NULL);
@@ -1177,16 +1401,14 @@ int hr_store_stats(hr_store_t *store, hr_store_stats_t *stats)
     rc = store_read_begin(store, &txn);
     if (rc != 0)
         return rc;
-    rc = mdb_stat(txn, store->dbi_topics, &ts);
+    rc = store_err(mdb_stat(txn, store->dbi_topics, &ts));
     if (rc == 0)
-        rc = mdb_env_info(store->env, &ei);
-    if (rc == 0)
-        rc = mdb_env_stat(store->env, &es);
+        rc = store_pages_in_use(store, txn, &pages);
     store_read_end(store);
     if (rc != 0)
-        return store_err(rc);
+        return rc;
     stats->topics = ts.ms_entries;
-    stats->map_size = ei.me_mapsize;
-    stats->map_used = ((uint64_t)ei.me_last_pgno + 1) * es.ms_psize;
+    stats->map_size = store->limit;
+    stats->map_used = pages * store->psize;
     return 0;
 }

@@ -24,6 +24,13 @@
  *
  * Durability (invariant 2): hr_store_append returns only after the write transaction has
  * committed; with opts.sync (the default) LMDB has also synced it to disk.
+ *
+ * Space: opts.map_size limits the pages IN USE (pages holding data; not free pages). LMDB's map,
+ * and so the data file at most, is map_size plus headroom: 5% of it, at least 1 MiB, rounded up
+ * to 64 KiB. Appends stop at the limit; the headroom is what LMDB, being copy-on-write, needs
+ * for trimming (even deleting takes free pages) and for free pages it cannot reuse yet. So a
+ * full store recovers by itself once retention trims something: hr_store_trim finds room to
+ * delete in a full store, and what it frees is reusable by the very next append.
  */
 #ifndef HR_STORE_H
 #define HR_STORE_H
@@ -40,7 +47,8 @@
 typedef struct hr_store hr_store_t;
 
 typedef struct {
-    uint64_t map_size;         /* bytes; LMDB map size (max data file size); default 1 GiB */
+    uint64_t map_size;         /* bytes of pages in use appends may fill; default 1 GiB. The
+                                  data file may grow to this plus headroom (see "Space") */
     bool sync;                 /* true: fsync every commit (default); false: MDB_NOSYNC, a crash
                                   may lose the last commits (but never corrupts or reuses seqs
                                   that survived) */
@@ -59,8 +67,11 @@ void hr_store_options_default(hr_store_options_t *opts);
  * Errors: -EACCES/-EROFS/-ENOTDIR... when the directory cannot be used; HR_E_CORRUPT when it holds
  * a file that is not an LMDB environment or an LMDB environment Herald did not create (wrong
  * format version); HR_E_STORAGE for other LMDB failures.
- * A map size smaller than the existing data file is raised to the file's size by LMDB; a larger
- * one grows the map (how a full store recovers after a restart with a bigger --map-size).
+ * LMDB's map is map_size plus headroom (see "Space" above). When the data already stored needs a
+ * larger map than that, LMDB raises the map to it, and the limit becomes the largest whose map
+ * fits (never less than map_size); the same happens when another process grows the map while
+ * this handle is open. A larger map_size than before grows the map: a full store also recovers
+ * through a restart with a bigger --map-size.
  */
 int hr_store_open(hr_store_t **out, const char *dir, const hr_store_options_t *opts);
 
@@ -100,8 +111,11 @@ typedef struct {
  * Atomic: on any error nothing of the batch is stored and the log is exactly as before, and
  * `results` holds nothing meaningful. The whole batch is validated before anything is written.
  * Errors: HR_E_INVALID_TOPIC, HR_E_INVALID_REQUEST (event, content type or key too long; data
- * of 4 GiB or more), HR_E_STORAGE_FULL (MDB_MAP_FULL: the map size is reached), HR_E_STORAGE,
- * HR_E_CORRUPT (a stored record is not what Herald wrote), -errno (getrandom(2) failed).
+ * of 4 GiB or more), HR_E_STORAGE_FULL (the batch would take the pages in use past map_size; or,
+ * rarely, LMDB's MDB_MAP_FULL: no reusable free page is left even in the headroom, say because
+ * another process's read transaction pins the free pages or no run of free pages is long
+ * enough for a large message), HR_E_STORAGE, HR_E_CORRUPT (a stored record is not what Herald
+ * wrote), -errno (getrandom(2) failed).
  */
 int hr_store_append(hr_store_t *store, const hr_store_msg_t *msgs, size_t n,
                     hr_store_result_t *results);
@@ -162,15 +176,25 @@ typedef struct {
  * deleting at most `budget` records (0 = no limit) in one write transaction, so a caller can
  * spread the work. Updates each topic's first_seq; never lowers last_seq. *trimmed (may be NULL)
  * receives the number of messages deleted; *more (may be NULL) is set when the budget ran out
- * before the work was done. Errors: HR_E_STORAGE_FULL (LMDB needs pages even to delete),
- * HR_E_STORAGE, HR_E_CORRUPT. `policy` may be NULL (only keys are trimmed).
+ * before the work was done. Errors: HR_E_STORAGE_FULL (LMDB found no free page even in the
+ * headroom, even for deleting a single record), HR_E_STORAGE, HR_E_CORRUPT. `policy` may be NULL
+ * (only keys are trimmed).
+ *
+ * Trimming works in a full store: the limit applies only to appends (see "Space"). After a
+ * transaction that deleted anything, a second tiny write transaction commits (it bumps a
+ * counter in the meta database): LMDB reuses no page freed by the latest commit, so without it
+ * the next append could not use the space just freed. Should LMDB run out of pages during a
+ * trim all the same (the commit records every page it freed in one record, which can need a
+ * run of consecutive free pages), the transaction is aborted and retried deleting half as many
+ * records, down to one; *more then tells the caller to call again for the rest.
  *
  * Details: records are messages and idempotency keys, one each. Retention removes a prefix of
  * each log: by age, the walk stops at the first message whose time_ms is not older than
  * now_ms - max_age_ms. Messages go before keys. A call that stopped on its budget remembers the
  * topic it stopped at (in the handle, not on disk) and the next call resumes there; a call that
  * reaches the last topic starts the next one over from the first. Nothing is committed (or
- * synced) when there was nothing to delete.
+ * synced) when there was nothing to delete, except the tiny transaction above when one is still
+ * owed: its earlier attempt failed, or LMDB refused an append with MDB_MAP_FULL since.
  */
 int hr_store_trim(hr_store_t *store, const hr_store_retention_t *policy, uint64_t now_ms,
                   size_t budget, uint64_t *trimmed, bool *more);
@@ -178,8 +202,11 @@ int hr_store_trim(hr_store_t *store, const hr_store_retention_t *policy, uint64_
 /* Whole-store figures. */
 typedef struct {
     uint64_t topics;   /* number of topic logs */
-    uint64_t map_size; /* bytes: the configured LMDB map size */
-    uint64_t map_used; /* bytes: pages in use (last page number + 1) * page size */
+    uint64_t map_size; /* bytes: the limit, opts.map_size (or more, see hr_store_open); LMDB's
+                          map is larger by the headroom */
+    uint64_t map_used; /* bytes: pages in use, i.e. holding data: LMDB's (last page number + 1)
+                          minus its free pages and the pages listing them, times the page size.
+                          Appends keep it <= map_size */
 } hr_store_stats_t;
 
 int hr_store_stats(hr_store_t *store, hr_store_stats_t *stats);

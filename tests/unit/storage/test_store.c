@@ -1014,6 +1014,452 @@ static void test_map_resized(void **state)
     hr_store_close(&st);
 }
 
+/* ---- a full store recovers through retention ------------------------------------------- */
+
+#define SMALL_MAP (UINT64_C(1) << 20)
+#define BIG_DATA  (20 * 1024)
+
+static uint8_t big_data[BIG_DATA];
+
+/* A message of `len` bytes of big_data, patterned by `tag` so reads can check what they got. */
+static hr_store_msg_t msg_len(const char *topic, size_t len, uint8_t tag)
+{
+    hr_store_msg_t m = msg(topic, "");
+    memset(big_data, tag, len);
+    m.data = big_data;
+    m.data_len = len;
+    return m;
+}
+
+static off_t data_file_size(const tmpdir_t *t)
+{
+    char path[128];
+    struct stat sb;
+
+    snprintf(path, sizeof path, "%s/store/data.mdb", t->path);
+    assert_int_equal(stat(path, &sb), 0);
+    return sb.st_size;
+}
+
+static hr_store_t *open_small(const tmpdir_t *t)
+{
+    hr_store_options_t opts;
+
+    hr_store_options_default(&opts);
+    opts.map_size = SMALL_MAP;
+    opts.sync = false; /* page accounting does not depend on fsync; keeps the fills fast */
+    return open_store(t, &opts);
+}
+
+/* Append `len`-byte messages round-robin over `topics` until the store refuses one with
+ * HR_E_STORAGE_FULL; check the refusal changed nothing. Returns how many were appended. */
+static uint64_t fill(hr_store_t *st, const char *const *topics, size_t ntopics, size_t len)
+{
+    uint64_t n = 0;
+
+    for (;;) {
+        const char *topic = topics[n % ntopics];
+        hr_store_topic_t before = {0}, after = {0};
+        hr_store_msg_t m = msg_len(topic, len, (uint8_t)n);
+        hr_store_result_t r;
+        int rc, irc;
+
+        irc = hr_store_topic_info(st, topic, strlen(topic), &before);
+        rc = hr_store_append(st, &m, 1, &r);
+        if (rc != 0) {
+            assert_int_equal(rc, HR_E_STORAGE_FULL);
+            assert_int_equal(hr_store_topic_info(st, topic, strlen(topic), &after), irc);
+            assert_memory_equal(&before, &after, sizeof before);
+            return n;
+        }
+        n++;
+        assert_true(n < 100000);
+    }
+}
+
+/* Every topic holds its last `keep` messages, seqs first_seq..last_seq, with data intact. */
+static void assert_kept(hr_store_t *st, const char *topic, uint64_t last_seq, uint64_t keep)
+{
+    collect_t c = {0};
+    hr_store_topic_t info = info_of(st, topic);
+
+    assert_int_equal(info.last_seq, last_seq);
+    assert_int_equal(info.first_seq, last_seq - keep + 1);
+    assert_int_equal(read_all(st, topic, 0, 0, 0, &c, NULL), keep);
+    assert_seqs(&c, last_seq - keep + 1, keep);
+    collect_free(&c);
+}
+
+/* After a trim, appends of both sizes succeed again and continue every topic's sequence. */
+static void assert_appends_work(hr_store_t *st, const char *const *topics, size_t ntopics,
+                                int rounds)
+{
+    collect_t c = {0};
+
+    for (int i = 0; i < rounds; i++) {
+        for (size_t ti = 0; ti < ntopics; ti++) {
+            uint64_t last = info_of(st, topics[ti]).last_seq;
+            assert_int_equal(append1(st, msg_len(topics[ti], BIG_DATA, 0xb1)).seq, last + 1);
+            assert_int_equal(append1(st, msg_len(topics[ti], 1000, 0x5a)).seq, last + 2);
+            assert_int_equal(read_all(st, topics[ti], last, 0, 0, &c, NULL), 2);
+            assert_seqs(&c, last + 1, 2);
+            assert_int_equal(c.items[0].data_len, BIG_DATA);
+            assert_int_equal(c.items[0].data[0], 0xb1);
+            assert_int_equal(c.items[0].data[BIG_DATA - 1], 0xb1);
+            assert_int_equal(c.items[1].data_len, 1000);
+            assert_int_equal(c.items[1].data[999], 0x5a);
+        }
+    }
+    collect_free(&c);
+}
+
+/* map_used counts the pages holding data: with LMDB's own figures, the pages up to the last one
+ * used, minus the free pages LMDB lists and minus the pages of that list itself. */
+static void assert_map_used_matches_lmdb(const tmpdir_t *t, uint64_t map_used)
+{
+    char dir[96];
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    MDB_envinfo ei;
+    MDB_stat es, fs;
+    MDB_val k, v;
+    uint64_t free_pages = 0;
+
+    store_path(t, dir, sizeof dir);
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_set_maxdbs(env, 4), 0);
+    assert_int_equal(mdb_env_open(env, dir, MDB_RDONLY, 0600), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+    assert_int_equal(mdb_cursor_open(txn, 0, &cur), 0); /* FREE_DBI */
+    while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
+        size_t first;
+        assert_true(v.mv_size >= sizeof first);
+        memcpy(&first, v.mv_data, sizeof first); /* an IDL: its first word is the count */
+        free_pages += first;
+    }
+    mdb_cursor_close(cur);
+    assert_int_equal(mdb_stat(txn, 0, &fs), 0);
+    assert_int_equal(mdb_env_info(env, &ei), 0);
+    assert_int_equal(mdb_env_stat(env, &es), 0);
+    assert_int_equal(map_used, ((uint64_t)ei.me_last_pgno + 1 - free_pages - fs.ms_branch_pages -
+                                fs.ms_leaf_pages - fs.ms_overflow_pages) *
+                                   es.ms_psize);
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+}
+
+/* The tester's case (a): ~1000-byte messages fill the map; trimming must still work (LMDB
+ * needs free pages even to delete) and free room for new messages, small and large. */
+static void test_full_recovers_small(void **state)
+{
+    static const char *const topics[] = {"fill.a", "fill.b", "fill.c"};
+    tmpdir_t *t = *state;
+    hr_store_t *st;
+    hr_store_retention_t keep10 = {10, 0};
+    hr_store_stats_t stats;
+    uint64_t n, trimmed, last[3];
+    bool more;
+
+    st = open_small(t);
+    n = fill(st, topics, 3, 1000);
+    assert_true(n > 500); /* 1 MiB of ~1000-byte records */
+    assert_int_equal(hr_store_stats(st, &stats), 0);
+    assert_int_equal(stats.map_size, SMALL_MAP);
+    assert_true(stats.map_used <= stats.map_size);
+    assert_true(stats.map_used > stats.map_size - 16384); /* refused only when really full */
+    /* Still full: the refused message is refused again, and a large one does not fit. */
+    {
+        hr_store_msg_t m = msg_len(topics[n % 3], 1000, 1);
+        hr_store_result_t r;
+        assert_int_equal(hr_store_append(st, &m, 1, &r), HR_E_STORAGE_FULL);
+        m = msg_len("fill.a", BIG_DATA, 1);
+        assert_int_equal(hr_store_append(st, &m, 1, &r), HR_E_STORAGE_FULL);
+    }
+
+    for (size_t i = 0; i < 3; i++)
+        last[i] = info_of(st, topics[i]).last_seq;
+    assert_int_equal(last[0] + last[1] + last[2], n);
+    assert_int_equal(hr_store_trim(st, &keep10, 0, 0, &trimmed, &more), 0);
+    assert_int_equal(trimmed, n - 30);
+    assert_false(more);
+    for (size_t i = 0; i < 3; i++)
+        assert_kept(st, topics[i], last[i], 10);
+    assert_int_equal(hr_store_stats(st, &stats), 0);
+    assert_true(stats.map_used < stats.map_size / 4);
+
+    /* The very next append reuses the freed pages: no other commit needed in between. */
+    assert_appends_work(st, topics, 3, 4);
+
+    /* And the cycle repeats: fill again, trim again, append again. */
+    n = fill(st, topics, 3, 1000);
+    assert_true(n > 300);
+    for (size_t i = 0; i < 3; i++)
+        last[i] = info_of(st, topics[i]).last_seq;
+    assert_int_equal(hr_store_trim(st, &keep10, 0, 0, &trimmed, &more), 0);
+    assert_int_equal(trimmed, n + 3 * 4 * 2);
+    for (size_t i = 0; i < 3; i++)
+        assert_kept(st, topics[i], last[i], 10);
+    assert_appends_work(st, topics, 3, 2);
+
+    assert_int_equal(hr_store_stats(st, &stats), 0);
+    hr_store_close(&st);
+    assert_map_used_matches_lmdb(t, stats.map_used);
+}
+
+/* The tester's case (b): 20 KB messages fill the map; after the trim the next 20 KB append must
+ * succeed at once, although LMDB reuses no page freed by the latest commit. A read before the
+ * trim leaves the handle's reset read transaction behind: it must not pin the old pages. */
+static void test_full_recovers_large(void **state)
+{
+    static const char *const topics[] = {"big"};
+    tmpdir_t *t = *state;
+    hr_store_t *st;
+    hr_store_retention_t keep10 = {10, 0};
+    hr_store_stats_t stats;
+    collect_t c = {0};
+    uint64_t n, trimmed;
+    off_t size;
+
+    st = open_small(t);
+    n = fill(st, topics, 1, BIG_DATA);
+    assert_true(n > 30); /* 1 MiB of 20 KB records (6 pages each) */
+    assert_true(n < 52);
+    assert_int_equal(info_of(st, "big").last_seq, n);
+    assert_int_equal(read_all(st, "big", n - 1, 0, 0, &c, NULL), 1);
+    assert_int_equal(c.items[0].data_len, BIG_DATA);
+
+    assert_int_equal(hr_store_trim(st, &keep10, 0, 0, &trimmed, NULL), 0);
+    assert_int_equal(trimmed, n - 10);
+    assert_kept(st, "big", n, 10);
+    /* The appends reuse the freed pages rather than growing the data file into the headroom:
+     * LMDB hands out pages freed by a commit only from the second commit after it, so this
+     * shows the store made the trim's pages reusable at once. */
+    size = data_file_size(t);
+    assert_appends_work(st, topics, 1, 8);
+    assert_int_equal(data_file_size(t), size);
+    assert_int_equal(info_of(st, "big").last_seq, n + 16);
+
+    /* A trim that stops on its budget frees room too, one slice at a time. */
+    n = n + 16 + fill(st, topics, 1, BIG_DATA);
+    assert_int_equal(hr_store_trim(st, &keep10, 0, 5, &trimmed, NULL), 0);
+    assert_int_equal(trimmed, 5);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(append1(st, msg_len("big", BIG_DATA, 7)).seq, n + 1 + (uint64_t)i);
+
+    assert_int_equal(hr_store_stats(st, &stats), 0);
+    assert_true(stats.map_used <= stats.map_size);
+    collect_free(&c);
+    hr_store_close(&st);
+    assert_map_used_matches_lmdb(t, stats.map_used);
+}
+
+/* A full store reopened with the same map size recovers through trimming too. */
+static void test_full_reopen_recovers(void **state)
+{
+    static const char *const topics[] = {"re.a", "re.b"};
+    tmpdir_t *t = *state;
+    hr_store_t *st;
+    hr_store_retention_t keep10 = {10, 0};
+    uint64_t n, trimmed;
+    hr_store_topic_t a, b;
+
+    st = open_small(t);
+    n = fill(st, topics, 2, 1000);
+    hr_store_close(&st);
+
+    st = open_small(t);
+    a = info_of(st, "re.a");
+    b = info_of(st, "re.b");
+    assert_int_equal(a.last_seq + b.last_seq, n);
+    {
+        /* The message fill() saw refused is refused still. */
+        hr_store_msg_t m = msg_len(topics[n % 2], 1000, 1);
+        hr_store_result_t r;
+        assert_int_equal(hr_store_append(st, &m, 1, &r), HR_E_STORAGE_FULL);
+    }
+    assert_int_equal(hr_store_trim(st, &keep10, 0, 0, &trimmed, NULL), 0);
+    assert_int_equal(trimmed, n - 20);
+    assert_kept(st, "re.a", a.last_seq, 10);
+    assert_kept(st, "re.b", b.last_seq, 10);
+    assert_appends_work(st, topics, 2, 4);
+    assert_int_equal(info_of(st, "re.a").epoch, a.epoch);
+    hr_store_close(&st);
+}
+
+/* A store filled to LMDB's own MDB_MAP_FULL, with no page to spare (as a version of the store
+ * without headroom left it), recovers once reopened with the same map size. */
+static void test_full_to_the_brim_recovers(void **state)
+{
+    static const char *const topics[] = {"brim"};
+    tmpdir_t *t = *state;
+    hr_store_t *st;
+    hr_store_retention_t keep10 = {10, 0};
+    char dir[96];
+    MDB_env *env;
+    MDB_dbi dbi_topics, dbi_messages;
+    uint8_t rec[40], key[16], val[10 + 1000];
+    uint64_t last = 0, trimmed;
+    int rc = 0;
+
+    st = open_small(t);
+    append1(st, msg("brim", "first"));
+    hr_store_close(&st);
+
+    /* Behind the store's back, with a map of exactly the configured size: append records the
+     * way the store does until LMDB itself runs out of pages. */
+    store_path(t, dir, sizeof dir);
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_set_maxdbs(env, 4), 0);
+    assert_int_equal(mdb_env_set_mapsize(env, SMALL_MAP), 0);
+    assert_int_equal(mdb_env_open(env, dir, MDB_NOSYNC, 0600), 0);
+    memset(val, 0, sizeof val);
+    memset(val + 10, 'b', 1000);
+    for (;;) {
+        MDB_txn *txn;
+        MDB_val k = {4, "brim"}, v;
+
+        assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+        assert_int_equal(mdb_dbi_open(txn, "topics", 0, &dbi_topics), 0);
+        assert_int_equal(mdb_dbi_open(txn, "messages", 0, &dbi_messages), 0);
+        assert_int_equal(mdb_get(txn, dbi_topics, &k, &v), 0);
+        assert_int_equal(v.mv_size, sizeof rec);
+        memcpy(rec, v.mv_data, sizeof rec);
+        last = 0;
+        for (int i = 7; i >= 0; i--)
+            last = (last << 8) | rec[16 + i]; /* last_seq, u64 LE at offset 16 */
+        last++;
+        for (int i = 0; i < 8; i++) {
+            key[i] = i == 7; /* topic id 1, big-endian */
+            key[8 + i] = (uint8_t)(last >> (8 * (7 - i)));
+            rec[16 + i] = (uint8_t)(last >> (8 * i));
+        }
+        val[0] = 0xe8; /* time_ms 1000, u64 LE */
+        val[1] = 0x03;
+        k = (MDB_val){16, key};
+        v = (MDB_val){sizeof val, val};
+        rc = mdb_put(txn, dbi_messages, &k, &v, MDB_APPEND);
+        if (rc == 0) {
+            k = (MDB_val){4, "brim"};
+            v = (MDB_val){sizeof rec, rec};
+            rc = mdb_put(txn, dbi_topics, &k, &v, 0);
+        }
+        if (rc == 0)
+            rc = mdb_txn_commit(txn);
+        else
+            mdb_txn_abort(txn);
+        if (rc != 0)
+            break;
+    }
+    assert_int_equal(rc, MDB_MAP_FULL);
+    mdb_env_close(env);
+    last--; /* the last attempt failed */
+    assert_true(last > 500);
+
+    st = open_small(t);
+    assert_int_equal(info_of(st, "brim").last_seq, last);
+    assert_int_equal(hr_store_trim(st, &keep10, 0, 0, &trimmed, NULL), 0);
+    assert_int_equal(trimmed, last - 10);
+    assert_kept(st, "brim", last, 10);
+    assert_appends_work(st, topics, 1, 6);
+    hr_store_close(&st);
+}
+
+/* The broker's loop in miniature: publish forever under a count retention, trimming on a timer
+ * and whenever the store is full. Once the first trim has run, no publish stays refused. */
+static void test_full_steady_state(void **state)
+{
+    static const char *const topics[] = {"s.a", "s.b", "s.c"};
+    tmpdir_t *t = *state;
+    hr_store_t *st;
+    hr_store_retention_t keep10 = {10, 0};
+    uint64_t next[3] = {1, 1, 1}, trims = 0, full = 0;
+
+    st = open_small(t);
+    for (int i = 0; i < 6000; i++) {
+        size_t ti = (size_t)i % 3;
+        hr_store_msg_t m = msg_len(topics[ti], i % 7 == 0 ? BIG_DATA : 1000, (uint8_t)i);
+        hr_store_result_t r;
+        int rc = hr_store_append(st, &m, 1, &r);
+
+        if (rc == HR_E_STORAGE_FULL) {
+            full++;
+            assert_int_equal(hr_store_trim(st, &keep10, 0, 0, NULL, NULL), 0);
+            trims++;
+            rc = hr_store_append(st, &m, 1, &r);
+        }
+        assert_int_equal(rc, 0);
+        assert_int_equal(r.seq, next[ti]);
+        next[ti]++;
+        if (i % 500 == 499) {
+            assert_int_equal(hr_store_trim(st, &keep10, 0, 0, NULL, NULL), 0);
+            trims++;
+        }
+    }
+    assert_true(full > 0); /* the timer alone trims too rarely for this map */
+    assert_true(trims > full);
+    for (size_t ti = 0; ti < 3; ti++)
+        assert_int_equal(info_of(st, topics[ti]).last_seq, 2000);
+    hr_store_close(&st);
+}
+
+/* A random workload in a 32 MiB map: batches of up to 16 messages over 10 topics, a quarter of
+ * them up to 60 KB, under a retention of 50 per topic, trimming whenever the store is full. The
+ * headroom fills with scattered free pages (large records need runs of consecutive pages), and
+ * a trim deleting most of the store would need a run of pages for the list of the pages it
+ * frees: the store then trims in smaller transactions. Every trim succeeds, and so does every
+ * append retried after one. */
+static void test_full_random_workload(void **state)
+{
+    tmpdir_t *t = *state;
+    hr_store_t *st;
+    hr_store_options_t opts;
+    hr_store_retention_t keep50 = {50, 0};
+    static const char *const names[] = {"r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9"};
+    static uint8_t data[60001];
+    uint64_t x = UINT64_C(88172645463325252), next[10], full = 0;
+
+    hr_store_options_default(&opts);
+    opts.map_size = 32 << 20;
+    opts.sync = false;
+    st = open_store(t, &opts);
+    for (size_t i = 0; i < 10; i++)
+        next[i] = 1;
+    for (int it = 0; it < 1500; it++) {
+        hr_store_msg_t m[16];
+        hr_store_result_t r[16];
+        unsigned n;
+        int rc;
+
+#define RND() (x ^= x << 13, x ^= x >> 7, x ^= x << 17, x)
+        n = 1 + (unsigned)(RND() % 16);
+        for (unsigned i = 0; i < n; i++) {
+            const char *name = names[RND() % 10];
+            size_t len = RND() % 4 == 0 ? RND() % sizeof data : RND() % 2000;
+            m[i] = msg(name, "");
+            m[i].data = data;
+            m[i].data_len = len;
+        }
+#undef RND
+        rc = hr_store_append(st, m, n, r);
+        if (rc == HR_E_STORAGE_FULL) {
+            bool more = true;
+            full++;
+            while (more)
+                assert_int_equal(hr_store_trim(st, &keep50, 0, 0, NULL, &more), 0);
+            rc = hr_store_append(st, m, n, r);
+        }
+        assert_int_equal(rc, 0);
+        for (unsigned i = 0; i < n; i++) {
+            size_t ti = (size_t)(m[i].topic[1] - '0');
+            assert_int_equal(r[i].seq, next[ti]);
+            next[ti]++;
+        }
+    }
+    assert_true(full >= 3);
+    hr_store_close(&st);
+}
+
 static void write_file(const char *path, const void *data, size_t len)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
@@ -1389,6 +1835,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_invalid_input, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_map_full, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_map_resized, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_full_recovers_small, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_full_recovers_large, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_full_reopen_recovers, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_full_to_the_brim_recovers, tmpdir_setup,
+                                        tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_full_steady_state, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_full_random_workload, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_corrupt, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_record, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_not_a_directory, tmpdir_setup, tmpdir_teardown),
