@@ -877,11 +877,11 @@ static void http_linger(hr_http_conn_t *conn)
 }
 
 /* The current request is finished (response queued, stream ended, error answered): release it
- * and go on to the next request, or close. */
+ * and go on to the next request, or close. A close callback the handler left set still runs when
+ * this connection closes (a transport that ends a close-delimited stream waits for it), but never
+ * once the connection has moved on to another request. */
 static void http_finish(hr_http_conn_t *conn)
 {
-    conn->close_cb = NULL;
-    conn->close_arg = NULL;
     http_req_free(conn);
     if (conn->state == HTTP_CLOSING)
         return;
@@ -889,6 +889,8 @@ static void http_finish(hr_http_conn_t *conn)
         http_linger(conn);
         return;
     }
+    conn->close_cb = NULL;
+    conn->close_arg = NULL;
     conn->discarded = false;
     if (uv_stream_get_write_queue_size((uv_stream_t *)&conn->tcp) > HTTP_MAX_PENDING) {
         conn->state = HTTP_RESPONDING;

@@ -157,7 +157,8 @@ int hr_http_stream_write(hr_http_conn_t *conn, const uv_buf_t *bufs, size_t n,
 size_t hr_http_pending_bytes(const hr_http_conn_t *conn);
 
 /* End a streaming response (the last chunk for chunked, else close once written). The request is
- * finished: its memory is released and the close callback cleared. */
+ * finished: its memory is released. A close callback still set runs when the connection closes,
+ * unless the connection is kept alive for another request (then it is cleared). */
 void hr_http_stream_end(hr_http_conn_t *conn);
 
 /* Close the connection now (pending writes are dropped; their `done` runs with an error). */
@@ -165,10 +166,12 @@ void hr_http_close(hr_http_conn_t *conn);
 
 /* Set the callback run once when the connection closes for any reason while a request is being
  * handled (client went away, timeout, hr_http_close, server destroy). Pass NULL to clear it
- * (do so when the request is finished normally; hr_http_respond, hr_http_stream_end and a server
- * error response also clear it). It runs from libuv's close callback, never from inside an
- * hr_http_* call: after hr_http_close returns, the connection and request stay valid until then
- * (writes fail with -EPIPE, responses are ignored). */
+ * (do so when the request is finished normally). If it is still set when the request is finished
+ * (hr_http_respond, hr_http_stream_end), it runs when that response's connection closes — useful
+ * after ending a close-delimited stream — or is cleared when the connection is kept alive for
+ * the next request. It runs from libuv's close callback, never from inside an hr_http_* call:
+ * after hr_http_close returns, the connection stays valid until then (writes fail with -EPIPE,
+ * responses are ignored). */
 void hr_http_conn_set_close_cb(hr_http_conn_t *conn, void (*cb)(void *arg), void *arg);
 
 /* Peer address as text ("127.0.0.1:50123", "[::1]:50123"), for logs. The text lives in a buffer
