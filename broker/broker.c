@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -109,6 +110,7 @@ struct hr_broker {
     int lock_fd; /* flock(2) on <data-dir>/broker.lock: one broker per data directory */
     volatile sig_atomic_t stopping;
     uint64_t started_ms;
+    uint64_t instance; /* random per process start, in heartbeats (restart detection) */
     uint64_t next_heartbeat_ms;
     uint64_t next_trim_ms;
 
@@ -698,6 +700,7 @@ static void hr_broker_heartbeat(hr_broker_t *b)
     hb.version = HR_PROTOCOL_VERSION;
     hb.node_id = (uint32_t)b->config.node_id;
     hb.time_ms = hr_now_ms();
+    hb.instance = b->instance;
     uint8_t buf[64];
     size_t len = herald__v1__heartbeat__pack(&hb, buf);
     zmq_send(b->pub_raw, hr_heartbeat_frame, HR_HEARTBEAT_FRAME_LEN, ZMQ_SNDMORE | ZMQ_DONTWAIT);
@@ -907,6 +910,8 @@ int hr_broker_new(hr_broker_t **out, const hr_broker_config_t *config, char *err
     b->router_raw = zsock_resolve(b->router);
     b->pub_raw = zsock_resolve(b->pub);
     b->started_ms = hr_mono_ms();
+    if (getrandom(&b->instance, sizeof b->instance, 0) != (ssize_t)sizeof b->instance)
+        b->instance = hr_now_ms() ^ ((uint64_t)getpid() << 32);
     b->next_heartbeat_ms = b->started_ms;
     b->next_trim_ms = b->started_ms + (uint64_t)config->trim_interval;
     *out = b;

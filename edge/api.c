@@ -434,7 +434,9 @@ static void hr_api_publish_batch(hr_edge_t *edge, hr_http_conn_t *conn,
                                  const hr_http_request_t *req)
 {
     json_error_t jerr;
-    json_t *root = json_loadb((const char *)req->body, req->body_len, 0, &jerr);
+    /* JSON_ALLOW_NUL: "\u0000" is valid JSON, and data (or an idempotency key) may hold it;
+     * names are checked by length, so a NUL in a topic is refused as invalid_topic. */
+    json_t *root = json_loadb((const char *)req->body, req->body_len, JSON_ALLOW_NUL, &jerr);
     json_t *list = root != NULL ? json_object_get(root, "messages") : NULL;
     char why[256];
     if (root == NULL || !json_is_array(list) || json_array_size(list) == 0) {
@@ -531,6 +533,7 @@ typedef struct {
     hr_brokers_call_t *call;
     char *topic;
     uint64_t after, epoch; /* the position asked for, for the cursor when nothing comes */
+    bool head_only;        /* `latest`, or a cursor without this topic: from the head on */
 } hr_history_t;
 
 static void hr_history_free(hr_history_t *h)
@@ -562,6 +565,11 @@ static void hr_history_on_reply(void *arg, int status, const hr_reply_t *reply)
         char id[HR_CURSOR_TEXT_CAP(1)];
         size_t tlen = strlen(h->topic);
         uint64_t epoch = h->epoch, seq = h->after;
+        if (h->head_only) {
+            /* No messages, and a cursor at the head: what comes next is what is new. */
+            epoch = f->epoch;
+            seq = f->last_seq;
+        }
         if (f->reset != NULL) {
             static const char *const reasons[] = {"invalid_cursor", "retention", "epoch",
                                                   "invalid_cursor"};
@@ -657,6 +665,7 @@ static void hr_api_history(hr_edge_t *edge, hr_http_conn_t *conn, const hr_http_
     } else if (cursor.kind == HR_CURSOR_LATEST) {
         f.head_only = true;
     }
+    h->head_only = f.head_only;
     hr_cursor_reset(&cursor);
     hr_request_t r = HERALD__V1__REQUEST__INIT;
     r.body_case = HERALD__V1__REQUEST__BODY_FETCH;

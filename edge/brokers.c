@@ -83,6 +83,7 @@ struct hr_brokers_conn {
     uint64_t hello_next_ms;
     bool up;
     uint64_t heard_ms; /* last reply, heartbeat or live message */
+    uint64_t instance; /* the broker process's instance from its last SUB heartbeat; 0 = none */
 };
 
 struct hr_brokers {
@@ -613,6 +614,33 @@ done:
     zmq_msg_close(&body);
 }
 
+/* A heartbeat on the SUB. Its instance changes when the broker process restarts; the first one
+ * also proves the SUB itself connected. Either way live messages may have been lost in between
+ * (a PUB drops what is sent before a subscriber connects), so report "up" again: the edge then
+ * backfills every topic of this broker from the log. */
+static void hr_brokers_on_heartbeat(hr_brokers_conn_t *c, zmq_msg_t *body, size_t frames)
+{
+    if (frames != 2 || c->index < 0 || !c->known || c->closing)
+        return;
+    Herald__V1__Heartbeat *hb =
+        herald__v1__heartbeat__unpack(NULL, zmq_msg_size(body), zmq_msg_data(body));
+    if (hb == NULL)
+        return;
+    uint64_t instance = hb->instance;
+    herald__v1__heartbeat__free_unpacked(hb, NULL);
+    if (instance == c->instance)
+        return;
+    bool restarted = c->instance != 0;
+    c->instance = instance;
+    hr_brokers_t *b = c->brokers;
+    HR_DEBUG(MOD, "event=live_path index=%d restarted=%d", c->index, restarted);
+    if (c->up && b->opts.on_state != NULL) {
+        b->in_callback++;
+        b->opts.on_state(b->opts.arg, (uint32_t)c->index, true);
+        b->in_callback--;
+    }
+}
+
 /* One [topic][Message] or ["\x00hb"][Heartbeat] from a SUB. */
 static void hr_brokers_recv_live(hr_brokers_conn_t *c)
 {
@@ -629,8 +657,10 @@ static void hr_brokers_recv_live(hr_brokers_conn_t *c)
     hr_brokers_heard(c);
     const char *name = zmq_msg_data(&topic);
     size_t name_len = zmq_msg_size(&topic);
-    if (name_len > 0 && name[0] == '\0')
-        goto done; /* a heartbeat: its arrival is all that matters */
+    if (name_len > 0 && name[0] == '\0') {
+        hr_brokers_on_heartbeat(c, &body, frames);
+        goto done;
+    }
     /* ZeroMQ matched a prefix; only an exact subscription counts ("foo" must not get
      * "foo.bar"). */
     hr_brokers_key_t key = {name, name_len};

@@ -51,7 +51,10 @@ typedef struct hr_brokers_call hr_brokers_call_t;
 typedef void (*hr_brokers_live_cb)(void *arg, const Herald__V1__Message *msg, const uint8_t *frame,
                                    size_t frame_len);
 
-/* Broker `index` (in the cluster list) turned up (true) or down (false). */
+/* Broker `index` (in the cluster list) turned up (true) or down (false). `up` is also reported
+ * again, without a down before it, when the broker's live path may have lost messages: the SUB
+ * saw its first heartbeat, or a heartbeat from a new broker process (a restart faster than
+ * down_after_ms). Each `up` means: backfill this broker's topics from the log. */
 typedef void (*hr_brokers_state_cb)(void *arg, uint32_t index, bool up);
 
 /*

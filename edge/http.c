@@ -1350,6 +1350,16 @@ void hr_http_server_stop_accepting(hr_http_server_t *server)
         server->listening = false;
         uv_close((uv_handle_t *)&server->listener, http_on_server_handle_closed);
     }
+    /* Idle keep-alive connections carry no request: close them now, so a draining edge does
+     * not wait for clients that merely pool connections. Busy ones close after their response
+     * (draining responses carry Connection: close). */
+    hr_http_conn_t *c = server->conns;
+    while (c != NULL) {
+        hr_http_conn_t *next = c->next;
+        if (c->state == HTTP_IDLE && c->in_len == 0)
+            http_conn_close(c);
+        c = next;
+    }
 }
 
 void hr_http_server_destroy(hr_http_server_t **server)

@@ -39,9 +39,12 @@ hr_msg_t *hr_msg_from_proto(const Herald__V1__Message *m)
     msg->seq = m->seq;
     msg->epoch = m->epoch;
     msg->time_ms = m->time_ms;
+    /* An empty protobuf bytes field has data NULL: memcpy(p, NULL, 0) is undefined (C11
+     * 7.24.1p2), so copy only what is there. */
 #define HR_MSG_COPY(field)                                                                         \
     do {                                                                                           \
-        memcpy(p, m->field.data, m->field.len);                                                    \
+        if (m->field.len > 0)                                                                      \
+            memcpy(p, m->field.data, m->field.len);                                                \
         msg->field = (void *)p;                                                                    \
         msg->field##_len = m->field.len;                                                           \
         p += m->field.len;                                                                         \
@@ -161,7 +164,8 @@ static hr_payload_t *hr_msg_encode_sse(const hr_msg_t *m, hr_encoding_t enc)
     if (enc == HR_ENC_SSE_JSON) {
         hr_payload_t *json = hr_msg_encode_json(m, "data: ", 6, false);
         p = hr_payload_new(len + json->len);
-        memcpy(p->data, buf, len);
+        if (len > 0) /* buf is NULL for an untyped message */
+            memcpy(p->data, buf, len);
         memcpy(p->data + len, json->data, json->len);
         hr_payload_unref(&json);
     } else {

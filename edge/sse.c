@@ -184,8 +184,17 @@ static void hr_sse_cut_off(hr_sse_t *s)
         hr_http_stream_end(s->conn);
 }
 
+static void hr_sse_write_queued(hr_sse_t *s);
+
 static bool hr_sse_over_limit(hr_sse_t *s)
 {
+    /* One loop iteration can bring more than the bound at once (a broker commits a batch of
+     * thousands of messages; a catch-up page): hand a large batch to the kernel now rather than
+     * at the end of the iteration, so that only what a client has really not taken counts, and
+     * a client that keeps up is not cut off for the size of a burst. */
+    if (s->queue != NULL && s->queue->bytes >= (size_t)s->edge->config.queue_bytes / 4 &&
+        s->conn != NULL)
+        hr_sse_write_queued(s);
     return hr_sse_pending(s->sub) > (size_t)s->edge->config.queue_bytes;
 }
 
@@ -266,17 +275,12 @@ static void hr_sse_on_written(void *arg, int status)
         hr_subscriber_on_drain(s->sub);
 }
 
-static void hr_sse_flush_one(hr_sse_t *s)
+/* Hand the queued batch to the connection (libuv writes what the kernel takes at once). The
+ * connection stays on the flush list if it is there. */
+static void hr_sse_write_queued(hr_sse_t *s)
 {
     hr_sse_batch_t *b = s->queue;
     s->queue = NULL;
-    s->dirty = false;
-    if (s->state == HR_SSE_CLOSED || s->conn == NULL) {
-        if (b != NULL)
-            hr_sse_batch_free(b);
-        hr_sse_free_if_done(s);
-        return;
-    }
     if (b == NULL)
         return;
     uv_buf_t stack[64];
@@ -292,6 +296,20 @@ static void hr_sse_flush_one(hr_sse_t *s)
         hr_sse_batch_free(b);
     if (bufs != stack)
         hr_free(bufs);
+}
+
+static void hr_sse_flush_one(hr_sse_t *s)
+{
+    s->dirty = false;
+    if (s->state == HR_SSE_CLOSED || s->conn == NULL) {
+        if (s->queue != NULL) {
+            hr_sse_batch_free(s->queue);
+            s->queue = NULL;
+        }
+        hr_sse_free_if_done(s);
+        return;
+    }
+    hr_sse_write_queued(s);
 }
 
 static void hr_sse_on_check(uv_check_t *check)
@@ -420,15 +438,22 @@ void hr_sse_open(hr_edge_t *edge, hr_http_conn_t *conn, const hr_http_request_t 
         hr_http_respond_error(conn, 400, "invalid_request", "format must be 'data' or 'json'");
         return;
     }
-    hr_sse_t *s = hr_calloc(1, sizeof *s);
-    s->edge = edge;
-    s->conn = conn;
-    s->json = strcmp(format, "json") == 0;
     static const hr_http_header_t headers[] = {
         {"Content-Type", 12, "text/event-stream; charset=utf-8", 32},
         {"Cache-Control", 13, "no-cache", 8},
         {"X-Accel-Buffering", 17, "no", 2},
     };
+    if (strcmp(req->method, "HEAD") == 0) {
+        /* RFC 9110 §9.3.2: the head of what GET would answer, and no content (no stream, no
+         * subscriber). */
+        hr_edge_request_free(&parsed);
+        hr_http_respond(conn, 200, headers, 3, "", 0);
+        return;
+    }
+    hr_sse_t *s = hr_calloc(1, sizeof *s);
+    s->edge = edge;
+    s->conn = conn;
+    s->json = strcmp(format, "json") == 0;
     hr_http_stream_start(conn, 200, headers, 3, false);
     hr_http_conn_set_close_cb(conn, hr_sse_on_close, s);
     char retry[48];

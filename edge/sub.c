@@ -263,6 +263,9 @@ static void hr_sub_topic_catchup(hr_sub_topic_t *st)
     f.after_seq = st->seq;
     f.epoch = st->epoch;
     f.limit = (uint32_t)edge->config.fetch_page;
+    /* A page never fills more than a quarter of the client's queue: the edge sets the pace of a
+     * catch-up, so the client must not be cut off as slow because of its size. */
+    f.max_bytes = (uint32_t)(edge->config.queue_bytes / 4);
     hr_request_t req = HERALD__V1__REQUEST__INIT;
     req.body_case = HERALD__V1__REQUEST__BODY_FETCH;
     req.fetch = &f;
@@ -460,9 +463,17 @@ void hr_registry_on_broker_state(hr_registry_t *r, uint32_t index, bool up)
     /* After losing and regaining a broker, anything it committed meanwhile reached no one:
      * backfill every topic it owns from where the live path stopped. */
     for (hr_topic_t *t = zhashx_first(r->topics); t != NULL; t = zhashx_next(r->topics)) {
-        if (t->live_last == 0 || hr_brokers_owner(r->edge->brokers, t->name, t->len) != index)
+        if (hr_brokers_owner(r->edge->brokers, t->name, t->len) != index)
             continue;
-        hr_topic_backfill(r, t);
+        if (t->live_last != 0) {
+            hr_topic_backfill(r, t);
+            continue;
+        }
+        /* No live message seen yet, so no topic-level position: each subscriber in step with
+         * the (empty) live stream checks the log from its own position instead. */
+        for (hr_sub_topic_t *st = t->subs; st != NULL; st = st->next)
+            if (st->state == HR_ST_LIVE)
+                hr_sub_topic_catchup(st);
     }
 }
 
@@ -626,11 +637,17 @@ hr_subscriber_t *hr_subscriber_new(hr_edge_t *edge, const hr_transport_t *transp
             e = hr_cursor_find(cursor, st->topic->hash);
         if (cursor_untrusted) {
             st->reset_invalid = true;
+            hr_sub_set_position(st, 0, 0);
             hr_sub_topic_catchup(st);
         } else if (e != NULL) {
             hr_sub_set_position(st, e->epoch, e->seq);
             hr_sub_topic_catchup(st);
         } else if (cursor != NULL && cursor->kind == HR_CURSOR_EARLIEST) {
+            /* Recorded in the cursor at once as "before the oldest retained message" (epoch 0,
+             * seq 0): a client that resumes before this topic's first delivery (its cursor
+             * came from another topic's event) must still get this topic from its start,
+             * not from the head. */
+            hr_sub_set_position(st, 0, 0);
             hr_sub_topic_catchup(st);
         } else {
             hr_sub_topic_head(st);

@@ -1,8 +1,9 @@
 """Shared fixtures of Herald's integration suite: real herald-broker processes on loopback with
-temporary LMDB directories, a ZeroMQ client speaking proto/herald.proto, and the `herald` CLI.
+temporary LMDB directories, a ZeroMQ client speaking proto/herald.proto, the `herald` CLI, and
+herald-edge processes with an SSE parser and stream reader for the edge tests (1x).
 
 Environment (set by CTest, see CMakeLists.txt here):
-  HERALD_BUILD_DIR   build tree holding broker/herald-broker and cli/herald
+  HERALD_BUILD_DIR   build tree holding broker/herald-broker, edge/herald-edge and cli/herald
   HERALD_SOURCE_DIR  source tree (proto/herald.proto, docs/examples/)
 Both default to the checkout this file lives in (<repo>/build and <repo>).
 
@@ -10,18 +11,29 @@ Every process started here is ended by PID in fixture teardown, and every wait i
 time: a test that hangs is a failing test, never a stuck suite.
 """
 
+import asyncio
 import atexit
+import base64
+import codecs
+import http.client
+import json
 import os
+import queue
+import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
+import requests
 import zmq
 
 REPO = Path(__file__).resolve().parents[2]
@@ -435,3 +447,565 @@ def run_broker_binary(args, timeout=10.0):
         end_process(proc)
         raise AssertionError(f"herald-broker {args} did not exit within {timeout} s")
     return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+# ---- the edge process (tests 1x) -----------------------------------------------------------------
+#
+# herald-edge on a free loopback port in front of one or more brokers, a small WHATWG SSE parser,
+# a synchronous SSE stream reader (http.client, one reader thread per stream), an asynchronous
+# subscriber for tests with many concurrent streams (aiohttp), helpers for the HTTP API
+# (requests) and for cursors.
+
+EDGE_BIN = BUILD_DIR / "edge" / "herald-edge"
+HTTP_TIMEOUT_S = 10.0
+
+
+class Edge:
+    """One herald-edge: --listen 127.0.0.1:<free port> --brokers <endpoint> plus extra flags.
+
+    start() waits until /readyz answers 200 (or, with ready=False, until /healthz answers, for
+    an edge whose broker is not there yet); stderr goes to a file per start (stderr_text()).
+    kill(), terminate() and restart() act on the PID and keep the port.
+    """
+
+    def __init__(self, workdir, brokers, extra_args=(), port=None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if isinstance(brokers, Broker):
+            brokers = brokers.listen
+        elif not isinstance(brokers, str):
+            brokers = ",".join(b.listen if isinstance(b, Broker) else b for b in brokers)
+        self.brokers = brokers
+        self.extra_args = list(extra_args)
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.base = f"http://{self.host}:{self.port}"
+        self.proc = None
+        self.starts = 0
+        self.stderr_path = None
+        self.http = requests.Session()
+
+    def argv(self):
+        return [str(EDGE_BIN), "--listen", f"{self.host}:{self.port}", "--brokers", self.brokers,
+                *self.extra_args]
+
+    def url(self, path):
+        return self.base + path
+
+    def start(self, ready=True, timeout=READY_TIMEOUT_S):
+        assert self.proc is None or self.proc.poll() is not None, "edge already running"
+        self.starts += 1
+        self.stderr_path = self.workdir / f"edge-stderr-{self.starts}.log"
+        with open(self.stderr_path, "wb") as err, open(os.devnull, "wb") as out:
+            self.proc = track(subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL,
+                                               stdout=out, stderr=err))
+        self.wait_status("/readyz" if ready else "/healthz", 200, timeout)
+        return self
+
+    def wait_status(self, path, status, timeout=READY_TIMEOUT_S):
+        """Poll GET `path` every 50 ms until it answers `status`; returns the response."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"herald-edge exited with {self.proc.returncode}:\n"
+                                     f"{self.stderr_text()}")
+            try:
+                last = requests.get(self.url(path), timeout=2)
+                if last.status_code == status:
+                    return last
+            except requests.RequestException as e:
+                last = e
+            time.sleep(0.05)
+        raise AssertionError(f"{path} of the edge did not answer {status} within {timeout} s "
+                             f"(last: {last!r}):\n{self.stderr_text()}")
+
+    def stderr_text(self):
+        if self.stderr_path is None or not self.stderr_path.exists():
+            return ""
+        return self.stderr_path.read_text(errors="replace")
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig=signal.SIGKILL, timeout=10.0):
+        """Send `sig` to the PID and wait for the exit; returns the exit status."""
+        os.kill(self.proc.pid, sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            end_process(self.proc)
+            raise AssertionError(f"herald-edge did not exit within {timeout} s of {sig!r}:\n"
+                                 f"{self.stderr_text()}")
+
+    def terminate(self, timeout=10.0):
+        """SIGTERM; asserts a clean exit (status 0)."""
+        rc = self.kill(signal.SIGTERM, timeout)
+        assert rc == 0, f"herald-edge exited with {rc} on SIGTERM:\n{self.stderr_text()}"
+        return rc
+
+    def restart(self, extra_args=None, ready=True, timeout=READY_TIMEOUT_S):
+        if self.alive():
+            self.kill()
+        if extra_args is not None:
+            self.extra_args = list(extra_args)
+        return self.start(ready, timeout)
+
+    def stop(self):
+        self.http.close()
+        if self.proc is not None:
+            end_process(self.proc)
+
+    def sanitized(self):
+        """True when the running binary was built with AddressSanitizer (its allocator keeps
+        freed memory in quarantine, so RSS says nothing about leaks or bounds)."""
+        with open(f"/proc/{self.proc.pid}/maps") as f:
+            return "libasan" in f.read()
+
+    def rss_kib(self):
+        """VmRSS of the process in KiB, from /proc/<pid>/status."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS line")
+
+    # the HTTP API -------------------------------------------------------------------------------
+    def get(self, path, **kw):
+        kw.setdefault("timeout", HTTP_TIMEOUT_S)
+        return self.http.get(self.url(path), **kw)
+
+    def post(self, path, **kw):
+        kw.setdefault("timeout", HTTP_TIMEOUT_S)
+        return self.http.post(self.url(path), **kw)
+
+    def publish(self, topic, data=b"", event=None, headers=None, expect=201):
+        """POST /v1/topics/{topic}/messages; returns the JSON reply (asserts `expect`)."""
+        params = {"event": event} if event is not None else None
+        r = self.post(f"/v1/topics/{topic}/messages", data=data, params=params,
+                      headers=headers or {})
+        assert r.status_code == expect, f"publish {topic}: {r.status_code} {r.text}"
+        return r.json()
+
+    def publish_batch(self, messages, expect=201):
+        r = self.post("/v1/messages", json={"messages": messages})
+        assert r.status_code == expect, f"batch: {r.status_code} {r.text}"
+        return r.json()
+
+    def history(self, topic, after=None, limit=None):
+        params = {}
+        if after is not None:
+            params["after"] = after
+        if limit is not None:
+            params["limit"] = limit
+        r = self.get(f"/v1/topics/{topic}/messages", params=params)
+        assert r.status_code == 200, f"history {topic}: {r.status_code} {r.text}"
+        return r.json()
+
+    def metrics(self):
+        """/metrics as {"name{labels}": float}."""
+        r = self.get("/metrics")
+        assert r.status_code == 200
+        out = {}
+        for line in r.text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def sse(self, topics, params=None, headers=None, **kw):
+        """Open GET /v1/sse for `topics` (a name or a list); returns an SSEStream."""
+        if isinstance(topics, str):
+            topics = [topics]
+        q = [("topic", t) for t in topics] + list((params or {}).items())
+        path = "/v1/sse?" + "&".join(f"{k}={requests.utils.quote(str(v), safe='')}"
+                                     for k, v in q)
+        return SSEStream(self.host, self.port, path, headers, **kw)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "edge_args(*flags): herald-edge flags for a test's edge")
+
+
+@pytest.fixture
+def edge_factory(tmp_path):
+    """edge_factory(broker_or_endpoint, "--sse-heartbeat", "200", start=True, ready=True)."""
+    started = []
+
+    def make(brokers, *extra_args, name=None, start=True, ready=True, port=None):
+        e = Edge(tmp_path / (name or f"edge{len(started)}"), brokers, extra_args, port)
+        started.append(e)
+        if start:
+            e.start(ready=ready)
+        return e
+
+    yield make
+    for e in started:
+        e.stop()
+
+
+@pytest.fixture
+def edge(broker, edge_factory):
+    return edge_factory(broker)
+
+
+# ---- Server-Sent Events (WHATWG HTML §9.2) ------------------------------------------------------
+
+class SSEEvent:
+    """A dispatched event: type ("message" unless event: said otherwise), data, last_event_id."""
+
+    __slots__ = ("type", "data", "last_event_id")
+
+    def __init__(self, type, data, last_event_id):
+        self.type, self.data, self.last_event_id = type, data, last_event_id
+
+    def json(self):
+        return json.loads(self.data)
+
+    def __repr__(self):
+        data = self.data if len(self.data) <= 80 else self.data[:77] + "..."
+        return f"SSEEvent({self.type!r}, {data!r}, id={self.last_event_id!r})"
+
+
+_EOL = re.compile(r"\r\n|\r|\n")
+
+
+class SSEParser:
+    """The event stream interpretation of WHATWG HTML §9.2.6, fed with bytes as they arrive.
+
+    UTF-8 decoding (a leading BOM dropped), lines ended by CRLF, LF or CR (a CR at the end of one
+    chunk and an LF at the start of the next are one line end), fields id/event/data/retry, a
+    line starting with ':' is a comment, anything else is ignored; a blank line dispatches: no
+    event when the data buffer is empty, else the data without its last LF. `retry` holds the
+    last valid retry: value, `comments` every comment, `last_event_id` the id buffer and
+    `dispatched_id` what an EventSource would resend as Last-Event-ID (the buffer's value at the
+    last blank line).
+    """
+
+    def __init__(self):
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._first = True
+        self._pending = ""  # text of an incomplete line
+        self._skip_lf = False  # the previous chunk ended with CR
+        self.data = ""
+        self.event_type = ""
+        self.last_event_id = ""
+        self.dispatched_id = ""
+        self.retry = None
+        self.comments = []
+
+    def feed(self, chunk, final=False):
+        """Returns the events `chunk` completes."""
+        text = self._decoder.decode(chunk, final)
+        if not text:
+            return []
+        if self._first:
+            self._first = False
+            if text.startswith("\ufeff"):
+                text = text[1:]
+        if self._skip_lf:
+            self._skip_lf = False
+            if text.startswith("\n"):
+                text = text[1:]  # the LF of a CRLF split between two chunks
+        lines = _EOL.split(self._pending + text)
+        self._pending = lines.pop()  # "" after a line end, else an incomplete line
+        self._skip_lf = text.endswith("\r")
+        events = []
+        for line in lines:
+            self._line(line, events)
+        return events
+
+    def _line(self, line, events):
+        if line == "":
+            self._dispatch(events)
+            return
+        if line[0] == ":":
+            self.comments.append(line[1:])
+            return
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            self.event_type = value
+        elif name == "data":
+            self.data += value + "\n"
+        elif name == "id":
+            if "\0" not in value:
+                self.last_event_id = value
+        elif name == "retry":
+            if value and all("0" <= ch <= "9" for ch in value):
+                self.retry = int(value)
+
+    def _dispatch(self, events):
+        self.dispatched_id = self.last_event_id  # EventSource's "last event ID string"
+        if self.data == "":
+            self.event_type = ""
+            return
+        data = self.data[:-1] if self.data.endswith("\n") else self.data
+        events.append(SSEEvent(self.event_type or "message", data, self.last_event_id))
+        self.data = ""
+        self.event_type = ""
+
+
+class SSEStream:
+    """GET an event stream with http.client and parse it as it arrives.
+
+    A reader thread does blocking reads (http.client's read1: whatever has arrived) into a
+    queue; the test side waits on the queue with deadlines, so no read ever hangs a test.
+    `raw` keeps every body byte, `events` every dispatched event, `closed` is set at EOF.
+    """
+
+    def __init__(self, host, port, path, headers=None, timeout=HTTP_TIMEOUT_S):
+        self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        self.conn.request("GET", path, headers=headers or {})
+        # http.client lets go of the socket of a close-delimited response: keep it to end it
+        self.sock = self.conn.sock
+        self.resp = self.conn.getresponse()
+        self.sock.settimeout(None)  # reads block; the reader thread ends at close or EOF
+        self.status = self.resp.status
+        self.headers = self.resp.headers
+        self.parser = SSEParser()
+        self.raw = bytearray()
+        self.events = []
+        self.closed = False
+        self._q = queue.Queue()
+        self._thread = None
+        if self.status == 200:
+            self._thread = threading.Thread(target=self._reader, daemon=True)
+            self._thread.start()
+        else:
+            self.body = self.resp.read()
+            self.closed = True
+
+    def _reader(self):
+        try:
+            while True:
+                chunk = self.resp.read1(65536)
+                self._q.put(chunk)
+                if not chunk:
+                    return
+        except (OSError, ValueError, AttributeError, http.client.HTTPException):
+            self._q.put(b"")  # the connection ended (or close() ended it)
+
+    def _take(self, timeout):
+        """Process what arrived within `timeout` s; False once nothing more can come."""
+        if self.closed:
+            return False
+        try:
+            chunk = self._q.get(timeout=max(timeout, 0))
+        except queue.Empty:
+            return True
+        while True:
+            if not chunk:
+                self.closed = True
+                self.events.extend(self.parser.feed(b"", final=True))
+                self.close()  # as EventSource does at the end of a stream
+                return False
+            self.raw += chunk
+            self.events.extend(self.parser.feed(chunk))
+            try:
+                chunk = self._q.get_nowait()
+            except queue.Empty:
+                return True
+
+    def wait(self, pred, timeout=10.0, what="condition"):
+        """Read until pred(self) holds; AssertionError after `timeout` s or at EOF without it."""
+        deadline = time.monotonic() + timeout
+        while not pred(self):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"SSE: no {what} within {timeout} s; "
+                                     f"{len(self.events)} events: {self.events[-5:]}")
+            if not self._take(min(left, 0.2)) and not pred(self):
+                raise AssertionError(f"SSE: stream closed before {what}; "
+                                     f"{len(self.events)} events: {self.events[-5:]}")
+        return self
+
+    def messages(self):
+        """Events of the default type ("message")."""
+        return [e for e in self.events if e.type == "message"]
+
+    def wait_messages(self, n, timeout=10.0):
+        self.wait(lambda s: len(s.messages()) >= n, timeout, f"{n} messages")
+        return self.messages()
+
+    def wait_raw(self, needle, timeout=10.0):
+        self.wait(lambda s: needle in s.raw, timeout, f"bytes {needle!r}")
+        return self
+
+    def wait_closed(self, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while not self.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"SSE: stream still open after {timeout} s")
+            self._take(min(left, 0.2))
+        return self
+
+    def drain(self, seconds):
+        """Read whatever arrives during `seconds`."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and self._take(deadline - time.monotonic()):
+            pass
+        return self
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.resp.close()
+        self.conn.close()
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncSubscriber:
+    """One SSE subscriber on aiohttp, for tests with many concurrent streams.
+
+    run() reads `topics` from the edges in `bases` (base URLs; it starts on bases[0]) until
+    `want` messages have arrived or `deadline` (time.monotonic()) passes. When the stream ends
+    or fails and `reconnect` is set it connects again, to the next base in turn, with
+    Last-Event-ID = the last event id it saw — what a browser's EventSource does.
+    """
+
+    def __init__(self, session, bases, topics, want, last_event_id=None, params=None,
+                 reconnect=True, max_connects=50):
+        self.session = session
+        self.bases = list(bases)
+        self.topics = [topics] if isinstance(topics, str) else list(topics)
+        self.want = want
+        self.last_event_id = last_event_id
+        self.params = dict(params or {})
+        self.reconnect = reconnect
+        self.max_connects = max_connects
+        self.messages = []  # message events, in arrival order
+        self.others = []  # events of other types (herald.reset, herald.shutdown)
+        self.connects = 0
+        self.statuses = []
+        self.error = None
+
+    def path(self):
+        q = [("topic", t) for t in self.topics] + list(self.params.items())
+        return "/v1/sse?" + "&".join(f"{k}={requests.utils.quote(str(v), safe='')}"
+                                     for k, v in q)
+
+    async def run(self, deadline):
+        while len(self.messages) < self.want and self.connects < self.max_connects:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            base = self.bases[self.connects % len(self.bases)]
+            self.connects += 1
+            headers = {}
+            if self.last_event_id:
+                headers["Last-Event-ID"] = self.last_event_id
+            try:
+                timeout = aiohttp.ClientTimeout(total=left, sock_connect=5)
+                async with self.session.get(base + self.path(), headers=headers,
+                                            timeout=timeout) as resp:
+                    self.statuses.append(resp.status)
+                    if resp.status != 200:
+                        self.error = f"status {resp.status}: {await resp.text()}"
+                    else:
+                        await self._read(resp)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+                self.error = repr(e)
+            if not self.reconnect:
+                break
+            if len(self.messages) < self.want:
+                await asyncio.sleep(0.1)
+        return self
+
+    async def _read(self, resp):
+        parser = SSEParser()
+        async for chunk in resp.content.iter_any():
+            for ev in parser.feed(chunk):
+                if ev.type == "message":
+                    self.messages.append(ev)
+                else:
+                    self.others.append(ev)
+            self.last_event_id = parser.dispatched_id or self.last_event_id
+            if len(self.messages) >= self.want:
+                return
+
+
+# ---- cursors (proto/cursor.h, format 'a'), for tests that need one the edge never issued --------
+
+def fnv1a64(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h ^= b
+        h = (h * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def fnv1a32(data):
+    h = 0x811c9dc5
+    for b in data:
+        h ^= b
+        h = (h * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def make_cursor(entries):
+    """A format-'a' cursor from {topic name: (epoch, seq)} (epoch an int or 16 hex digits)."""
+    rows = []
+    for topic, (epoch, seq) in entries.items():
+        if isinstance(epoch, str):
+            epoch = int(epoch, 16)
+        rows.append((fnv1a64(topic.encode()), epoch, seq))
+    body = bytearray()
+    for h, epoch, seq in sorted(rows):
+        body += struct.pack(">QQ", h, epoch)
+        while seq >= 0x80:
+            body.append((seq & 0x7F) | 0x80)
+            seq >>= 7
+        body.append(seq)
+    body += struct.pack(">I", fnv1a32(bytes(body)))
+    return "a" + base64.urlsafe_b64encode(bytes(body)).decode().rstrip("=")
+
+
+def parse_cursor(text):
+    """{topic hash: (epoch, seq)} of a format-'a' cursor (for assertions)."""
+    assert text[0] == "a", text
+    raw = base64.urlsafe_b64decode(text[1:] + "=" * (-len(text[1:]) % 4))
+    body, check = raw[:-4], struct.unpack(">I", raw[-4:])[0]
+    assert fnv1a32(body) == check, "cursor check fails"
+    out, i = {}, 0
+    while i < len(body):
+        h, epoch = struct.unpack(">QQ", body[i:i + 16])
+        i += 16
+        seq, shift = 0, 0
+        while True:
+            b = body[i]
+            i += 1
+            seq |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                break
+        out[h] = (epoch, seq)
+    return out
+
+
+def cursor_position(text, topic):
+    """(epoch, seq) that cursor `text` records for `topic`, or None."""
+    return parse_cursor(text).get(fnv1a64(topic.encode()))
+
+
+def assert_error(resp, status, code):
+    """`resp` is `status` with the JSON error body {"error": {"code": code, "message": ...}}."""
+    assert resp.status_code == status, f"expected {status}, got {resp.status_code}: {resp.text}"
+    assert resp.headers.get("Content-Type", "").startswith("application/json"), resp.headers
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+    return body
