@@ -12,7 +12,9 @@
 #include "msgjson.h"
 #include "partition.h"
 #include "query.h"
+#include "poll.h"
 #include "sse.h"
+#include "stream.h"
 #include "sub.h"
 #include "topic.h"
 
@@ -35,6 +37,8 @@
 
 extern const unsigned char hr_page_html[];
 extern const unsigned long hr_page_html_len;
+
+const char *const hr_transport_names[HR_TRANSPORT_COUNT] = {"sse", "poll", "stream"};
 
 const double hr_latency_bounds_ms[HR_LATENCY_BUCKETS] = {0.5, 1,   2.5, 5,   10,   25,
                                                          50,  100, 250, 500, 1000, 2500};
@@ -731,15 +735,18 @@ static void hr_api_metrics(hr_edge_t *edge, hr_http_conn_t *conn)
     hr_metric(&buf, &len, &cap, "# HELP %s %s\n# TYPE %s gauge\n%s %llu\n", name, help, name,      \
               name, (unsigned long long)(value))
     hr_metric(&buf, &len, &cap,
-              "# HELP herald_edge_connections Open subscriber connections by transport.\n"
-              "# TYPE herald_edge_connections gauge\n"
-              "herald_edge_connections{transport=\"sse\"} %llu\n",
-              (unsigned long long)m->connections[HR_TRANSPORT_SSE]);
+              "# HELP herald_edge_connections Open subscribers by transport (a held long poll "
+              "is one).\n# TYPE herald_edge_connections gauge\n");
+    for (int t = 0; t < HR_TRANSPORT_COUNT; t++)
+        hr_metric(&buf, &len, &cap, "herald_edge_connections{transport=\"%s\"} %llu\n",
+                  hr_transport_names[t], (unsigned long long)m->connections[t]);
     hr_metric(&buf, &len, &cap,
               "# HELP herald_edge_deliveries_total Messages delivered to clients by transport.\n"
-              "# TYPE herald_edge_deliveries_total counter\n"
-              "herald_edge_deliveries_total{transport=\"sse\"} %llu\n",
-              (unsigned long long)m->deliveries[HR_TRANSPORT_SSE]);
+              "# TYPE herald_edge_deliveries_total counter\n");
+    for (int t = 0; t < HR_TRANSPORT_COUNT; t++)
+        hr_metric(&buf, &len, &cap, "herald_edge_deliveries_total{transport=\"%s\"} %llu\n",
+                  hr_transport_names[t], (unsigned long long)m->deliveries[t]);
+    GAUGE("herald_edge_long_polls_held", "Long polls waiting for a message.", m->polls_held);
     GAUGE("herald_edge_http_connections", "Open HTTP connections.",
           hr_http_server_connections(edge->http));
     GAUGE("herald_edge_topics", "Topics with local subscribers.",
@@ -865,7 +872,8 @@ static const struct {
     const char *method;
     hr_route_fn fn;
 } hr_routes[] = {
-    {"/v1/sse", "GET", hr_sse_open},       {"/v1/messages", "POST", hr_route_batch},
+    {"/v1/sse", "GET", hr_sse_open},       {"/v1/poll", "GET", hr_poll_open},
+    {"/v1/stream", "GET", hr_stream_open}, {"/v1/messages", "POST", hr_route_batch},
     {"/healthz", "GET", hr_route_healthz}, {"/readyz", "GET", hr_route_readyz},
     {"/metrics", "GET", hr_route_metrics}, {"/", "GET", hr_route_page},
     {"/index.html", "GET", hr_route_page},

@@ -28,8 +28,12 @@ typedef struct {
     int64_t idle_timeout;      /* ms */
     int64_t request_timeout;   /* ms, broker requests */
     int64_t broker_down_after; /* ms of silence */
-    int64_t sse_heartbeat;     /* ms between SSE comment heartbeats */
-    int64_t sse_retry;         /* ms, the SSE retry: hint */
+    int64_t heartbeat;         /* ms between heartbeats on streams */
+    int64_t retry;             /* ms, the reconnect hint (SSE retry:, shutdown retry_ms) */
+    int64_t poll_wait;         /* s, default long-poll wait */
+    int64_t poll_max_wait;     /* s, the cap on wait */
+    int64_t poll_limit;        /* default messages per poll answer */
+    int64_t poll_max_limit;    /* the cap on limit */
     int64_t queue_bytes;       /* per-subscriber outgoing queue bound, bytes */
     int64_t slow_client_grace; /* ms a cut-off client gets to take its last bytes */
     int64_t fetch_page;        /* messages per history fetch while catching up */
@@ -44,7 +48,15 @@ extern const size_t hr_edge_options_count;
 #define HR_LATENCY_BUCKETS 12
 extern const double hr_latency_bounds_ms[HR_LATENCY_BUCKETS];
 
-typedef enum { HR_TRANSPORT_SSE = 0, HR_TRANSPORT_COUNT } hr_transport_id_t;
+typedef enum {
+    HR_TRANSPORT_SSE = 0,
+    HR_TRANSPORT_POLL,
+    HR_TRANSPORT_STREAM,
+    HR_TRANSPORT_COUNT
+} hr_transport_id_t;
+
+/* "sse", "poll", "stream": metric labels, by hr_transport_id_t. */
+extern const char *const hr_transport_names[HR_TRANSPORT_COUNT];
 
 typedef struct {
     uint64_t connections[HR_TRANSPORT_COUNT]; /* open subscribers, by transport (gauge) */
@@ -59,6 +71,7 @@ typedef struct {
     uint64_t latency_buckets[HR_LATENCY_BUCKETS + 1]; /* publish commit latency, +Inf last */
     double latency_sum_ms;
     uint64_t http_requests;
+    uint64_t polls_held; /* long polls waiting for a message (gauge) */
 } hr_edge_metrics_t;
 
 typedef struct hr_registry hr_registry_t;

@@ -5,7 +5,8 @@
 #include "hr_alloc.h"
 #include "hr_error.h"
 #include "hr_log.h"
-#include "sse.h"
+#include "outq.h"
+#include "poll.h"
 #include "sub.h"
 
 #include <signal.h>
@@ -44,10 +45,18 @@ const hr_option_t hr_edge_options[] = {
         "ms to wait for a broker's reply before answering 503"),
     OPT("broker-down-after", HR_OPT_INT, "3000", 10, 600000, broker_down_after,
         "ms without a heartbeat after which a broker counts as down"),
-    OPT("sse-heartbeat", HR_OPT_INT, "15000", 10, 3600000, sse_heartbeat,
-        "ms between SSE comment heartbeats"),
-    OPT("sse-retry", HR_OPT_INT, "2000", 0, 3600000, sse_retry,
-        "ms, the SSE retry: hint (jittered up to twice this on shutdown)"),
+    OPT("heartbeat", HR_OPT_INT, "15000", 10, 3600000, heartbeat,
+        "ms between heartbeats on streams (SSE comment lines, NDJSON empty lines)"),
+    OPT("retry", HR_OPT_INT, "2000", 0, 3600000, retry,
+        "ms, the reconnect hint (SSE retry:); jittered up to twice this on shutdown"),
+    OPT("poll-wait", HR_OPT_INT, "25", 0, 3600, poll_wait,
+        "seconds a long poll waits when the request names no wait"),
+    OPT("poll-max-wait", HR_OPT_INT, "60", 0, 3600, poll_max_wait,
+        "largest wait in seconds; a larger one is clamped to it"),
+    OPT("poll-limit", HR_OPT_INT, "100", 1, 100000, poll_limit,
+        "messages per poll answer when the request names no limit"),
+    OPT("poll-max-limit", HR_OPT_INT, "1000", 1, 100000, poll_max_limit,
+        "largest limit; a larger one is clamped to it"),
     OPT("queue-bytes", HR_OPT_BYTES, "1M", 4096, 1024 * 1048576LL, queue_bytes,
         "per-subscriber outgoing queue bound, bytes; a client past it is cut off"),
     OPT("slow-client-grace", HR_OPT_INT, "5000", 0, 600000, slow_client_grace,
@@ -67,6 +76,7 @@ typedef struct {
     hr_edge_t edge;
     uv_signal_t sigterm, sigint;
     uv_timer_t drain_timer;
+    uv_timer_t heartbeat_timer;
     int stage; /* 0 serving, 1 draining (grace), 2 closing clients, 3 done */
 } hr_edge_main_t;
 
@@ -86,6 +96,12 @@ static void hr_main_on_state(void *arg, uint32_t index, bool up)
             hr_brokers_endpoint(edge->brokers, index));
     if (edge->registry != NULL)
         hr_registry_on_broker_state(edge->registry, index, up);
+}
+
+static void hr_main_on_heartbeat(uv_timer_t *timer)
+{
+    hr_edge_t *edge = timer->data;
+    hr_registry_heartbeat(edge->registry);
 }
 
 static void hr_main_close_walk(uv_handle_t *handle, void *arg)
@@ -110,7 +126,7 @@ static void hr_main_on_drain_timer(uv_timer_t *timer)
         /* Grace period over: stop accepting, give every client its cursor, then close. */
         m->stage = 2;
         hr_http_server_stop_accepting(edge->http);
-        hr_sse_shutdown_all(edge);
+        hr_registry_shutdown(edge->registry, (uint64_t)edge->config.retry);
         HR_INFO(MOD, "event=closing_clients connections=%zu",
                 hr_http_server_connections(edge->http));
         uv_timer_start(timer, hr_main_on_drain_timer, 50, 50);
@@ -209,7 +225,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "herald-edge: %s\n", err);
         return 1;
     }
-    hr_sse_start(edge);
+    hr_outq_start(edge);
+    hr_poll_start(edge);
+    uv_timer_init(edge->loop, &m.heartbeat_timer);
+    m.heartbeat_timer.data = edge;
+    uv_timer_start(&m.heartbeat_timer, hr_main_on_heartbeat, (uint64_t)edge->config.heartbeat,
+                   (uint64_t)edge->config.heartbeat);
+    uv_unref((uv_handle_t *)&m.heartbeat_timer);
     uv_signal_init(edge->loop, &m.sigterm);
     uv_signal_init(edge->loop, &m.sigint);
     m.sigterm.data = m.sigint.data = &m;
@@ -224,7 +246,8 @@ int main(int argc, char **argv)
     hr_http_server_destroy(&edge->http);
     hr_registry_destroy(&edge->registry);
     hr_brokers_destroy(&edge->brokers);
-    hr_sse_stop();
+    hr_outq_stop();
+    hr_poll_stop();
     uv_walk(edge->loop, hr_main_close_walk, NULL);
     uv_run(edge->loop, UV_RUN_DEFAULT);
     uv_loop_close(edge->loop);

@@ -9,11 +9,4 @@
 /* Answer GET /v1/sse: validate, start the event stream, create the subscriber. */
 void hr_sse_open(hr_edge_t *edge, hr_http_conn_t *conn, const hr_http_request_t *req);
 
-/* Start the flush handle and the heartbeat timer (once, at edge start); stop them at exit. */
-void hr_sse_start(hr_edge_t *edge);
-void hr_sse_stop(void);
-
-/* SIGTERM: give every SSE client its cursor and a jittered retry: hint, then close. */
-void hr_sse_shutdown_all(hr_edge_t *edge);
-
 #endif

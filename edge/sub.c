@@ -9,6 +9,7 @@
 
 #include <czmq.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MOD "sub"
@@ -179,6 +180,17 @@ static void hr_sub_topic_wait(hr_sub_topic_t *st, hr_sub_state_t redo)
 
 /* Catch-up finished a page at the broker's head: join the live stream, unless the live path has
  * already moved past our position (messages that arrived while we read the log). */
+/* Tell the transport when every topic is in step with the live stream. */
+static void hr_sub_check_caught_up(hr_subscriber_t *sub)
+{
+    if (sub->stopped || sub->transport->caught_up == NULL)
+        return;
+    for (size_t i = 0; i < sub->n_topics; i++)
+        if (sub->topics[i].state != HR_ST_LIVE)
+            return;
+    sub->transport->caught_up(sub);
+}
+
 static void hr_sub_topic_go_live(hr_sub_topic_t *st)
 {
     hr_topic_t *t = st->topic;
@@ -187,6 +199,8 @@ static void hr_sub_topic_go_live(hr_sub_topic_t *st)
      * stale back to the log; comparing here could only loop. */
     if (t->epoch != 0 && t->epoch == st->epoch && t->live_last > st->seq && !t->backfilling)
         hr_sub_topic_catchup(st);
+    else
+        hr_sub_check_caught_up(st->sub);
 }
 
 static void hr_sub_topic_on_fetch(void *arg, int status, const hr_reply_t *reply)
@@ -498,6 +512,31 @@ static void hr_registry_on_tick(uv_timer_t *timer)
                 hr_sub_topic_catchup(st);
         }
     }
+}
+
+static void hr_registry_heartbeat_one(hr_subscriber_t *sub, void *arg)
+{
+    (void)arg;
+    if (!sub->stopped && sub->transport->heartbeat != NULL)
+        sub->transport->heartbeat(sub);
+}
+
+void hr_registry_heartbeat(hr_registry_t *r)
+{
+    hr_registry_foreach(r, hr_registry_heartbeat_one, NULL);
+}
+
+static void hr_registry_shutdown_one(hr_subscriber_t *sub, void *arg)
+{
+    uint64_t retry = *(const uint64_t *)arg;
+    retry += retry > 0 ? (uint64_t)rand() % retry : 0;
+    if (sub->transport->shutdown != NULL)
+        sub->transport->shutdown(sub, retry);
+}
+
+void hr_registry_shutdown(hr_registry_t *r, uint64_t retry_ms)
+{
+    hr_registry_foreach(r, hr_registry_shutdown_one, &retry_ms);
 }
 
 size_t hr_registry_topics(const hr_registry_t *r)

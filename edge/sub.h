@@ -53,6 +53,14 @@ typedef struct {
     /* Bytes queued for the client and not yet accepted by the kernel (catch-up pauses above
      * half the queue bound and resumes on hr_subscriber_on_drain). */
     size_t (*pending_bytes)(hr_subscriber_t *sub);
+    /* Optional. Every --heartbeat ms: keep an idle stream alive through proxies. */
+    void (*heartbeat)(hr_subscriber_t *sub);
+    /* Optional. The edge is shutting down: give the client its cursor and a reconnect hint of
+     * `retry_ms` (already jittered), then close. */
+    void (*shutdown)(hr_subscriber_t *sub, uint64_t retry_ms);
+    /* Optional. Every topic has read its history and is in step with the live stream (called
+     * each time this becomes true; a long poll answers then if it holds messages). */
+    void (*caught_up)(hr_subscriber_t *sub);
 } hr_transport_t;
 
 /* Create the registry (one per edge) and free it. */
@@ -68,8 +76,14 @@ void hr_registry_on_broker_state(hr_registry_t *registry, uint32_t index, bool u
 /* Number of topics with local subscribers. */
 size_t hr_registry_topics(const hr_registry_t *registry);
 
-/* Call `fn` for every subscriber (heartbeats, shutdown). `fn` may destroy the subscriber it is
- * given. */
+/* Every subscriber's transport heartbeat (if it has one). */
+void hr_registry_heartbeat(hr_registry_t *registry);
+
+/* SIGTERM: every subscriber's transport shutdown, each with its own jittered retry hint in
+ * [retry_ms, 2 * retry_ms) so the clients of a drained edge do not reconnect all at once. */
+void hr_registry_shutdown(hr_registry_t *registry, uint64_t retry_ms);
+
+/* Call `fn` for every subscriber. `fn` may destroy the subscriber it is given. */
 void hr_registry_foreach(hr_registry_t *registry, void (*fn)(hr_subscriber_t *sub, void *arg),
                          void *arg);
 

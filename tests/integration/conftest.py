@@ -629,7 +629,7 @@ def pytest_configure(config):
 
 @pytest.fixture
 def edge_factory(tmp_path):
-    """edge_factory(broker_or_endpoint, "--sse-heartbeat", "200", start=True, ready=True)."""
+    """edge_factory(broker_or_endpoint, "--heartbeat", "200", start=True, ready=True)."""
     started = []
 
     def make(brokers, *extra_args, name=None, start=True, ready=True, port=None):

@@ -56,7 +56,7 @@ def sse_event_bytes(cursor, lines, event=None):
 
 
 def test_response_head_and_stream_start(broker, edge_factory):
-    e = edge_factory(broker, "--sse-retry", "1500")
+    e = edge_factory(broker, "--retry", "1500")
     # the whole response head, as curl -i shows it
     with socket.create_connection((e.host, e.port), timeout=10) as s:
         s.sendall(b"GET /v1/sse?topic=frame.head HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -191,7 +191,7 @@ def test_format_json_multiline_text_stays_one_data_line(stream, broker, edge_fac
 
 
 def test_comment_heartbeats(broker, edge_factory):
-    e = edge_factory(broker, "--sse-heartbeat", "200")
+    e = edge_factory(broker, "--heartbeat", "200")
     with e.sse("frame.hb") as st:
         t0 = time.monotonic()
         st.wait(lambda s: s.parser.comments.count("") >= 3, 5, "3 heartbeats")

@@ -213,7 +213,7 @@ def test_broker_sigkill_mid_stream_loses_no_acknowledged_message(broker_factory,
 
 
 def test_edge_sigterm_gives_each_client_its_cursor_and_nothing_is_lost(broker, edge_factory):
-    a = edge_factory(broker, "--sse-retry", "1000", "--drain-grace", "300", name="a")
+    a = edge_factory(broker, "--retry", "1000", "--drain-grace", "300", name="a")
     b = edge_factory(broker, name="b")
     topic, other = "term.t", "term.other"
     for i in range(1, 11):

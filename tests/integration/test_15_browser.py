@@ -136,8 +136,8 @@ def edge_sse_connections(edge):
 
 
 def test_browser_eventsource_fails_over_to_the_other_edge(broker, edge_factory, tmp_path):
-    a = edge_factory(broker, "--sse-retry", "300", name="a")
-    b = edge_factory(broker, "--sse-retry", "300", name="b")
+    a = edge_factory(broker, "--retry", "300", name="a")
+    b = edge_factory(broker, "--retry", "300", name="b")
     proxy_port = free_port()
     haproxy = start_haproxy(tmp_path, proxy_port, a, b)
     node = None

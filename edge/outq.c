@@ -1,0 +1,374 @@
+#include "outq.h"
+
+#include "hr_alloc.h"
+#include "hr_error.h"
+#include "hr_log.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MOD "outq"
+
+/* One piece of queued output: a shared payload, or a range of the batch's own bytes. */
+typedef struct {
+    hr_payload_t *payload; /* NULL: bytes [off, off+len) of the batch's own buffer */
+    uint32_t off, len;
+} hr_outq_piece_t;
+
+/* Output queued for one write. Owned by the queue until flushed, then by the write. */
+typedef struct hr_outq_batch {
+    hr_outq_t *q; /* NULL once the connection is gone */
+    char *own;
+    size_t own_len, own_cap;
+    hr_outq_piece_t *pieces;
+    size_t n_pieces, cap_pieces;
+    size_t bytes;
+} hr_outq_batch_t;
+
+typedef enum {
+    HR_OUTQ_OPEN,    /* streaming */
+    HR_OUTQ_CUT_OFF, /* too slow, or shutting down: nothing more queued; closing once written */
+    HR_OUTQ_CLOSED,  /* the connection is gone; freed when the last write completes */
+} hr_outq_state_t;
+
+struct hr_outq {
+    hr_edge_t *edge;
+    hr_http_conn_t *conn;
+    hr_subscriber_t *sub;
+    const hr_outq_framing_t *framing;
+    void *framing_data;
+    hr_outq_state_t state;
+    hr_outq_batch_t *queue; /* not yet written; NULL when empty */
+    size_t inflight;        /* batches handed to the connection, not yet done */
+    hr_outq_t *dirty_next;  /* in the flush list while dirty */
+    bool dirty;
+    uv_timer_t grace; /* closes a cut-off client that does not take its last bytes */
+    bool grace_started;
+};
+
+/* Queues with output, flushed by the uv_check handle once per loop iteration. */
+static hr_outq_t *hr_outq_dirty;
+static uv_check_t hr_outq_flush_check;
+static bool hr_outq_started;
+
+static void hr_outq_batch_free(hr_outq_batch_t *b)
+{
+    for (size_t i = 0; i < b->n_pieces; i++)
+        if (b->pieces[i].payload != NULL)
+            hr_payload_unref(&b->pieces[i].payload);
+    hr_free(b->pieces);
+    hr_free(b->own);
+    hr_free(b);
+}
+
+static hr_outq_piece_t *hr_outq_piece(hr_outq_batch_t *b)
+{
+    if (b->n_pieces == b->cap_pieces) {
+        b->cap_pieces = b->cap_pieces ? b->cap_pieces * 2 : 8;
+        b->pieces = hr_realloc(b->pieces, b->cap_pieces * sizeof *b->pieces);
+    }
+    return &b->pieces[b->n_pieces++];
+}
+
+static hr_outq_batch_t *hr_outq_batch(hr_outq_t *q)
+{
+    if (q->queue == NULL) {
+        q->queue = hr_calloc(1, sizeof *q->queue);
+        q->queue->q = q;
+    }
+    if (!q->dirty) {
+        q->dirty = true;
+        q->dirty_next = hr_outq_dirty;
+        hr_outq_dirty = q;
+    }
+    return q->queue;
+}
+
+void hr_outq_own(hr_outq_t *q, const char *bytes, size_t len)
+{
+    hr_outq_batch_t *b = hr_outq_batch(q);
+    if (b->own_len + len > b->own_cap) {
+        while (b->own_len + len > b->own_cap)
+            b->own_cap = b->own_cap ? b->own_cap * 2 : 512;
+        b->own = hr_realloc(b->own, b->own_cap);
+    }
+    memcpy(b->own + b->own_len, bytes, len);
+    /* Adjacent own bytes extend the previous piece: fewer iovecs. */
+    if (b->n_pieces > 0 && b->pieces[b->n_pieces - 1].payload == NULL) {
+        b->pieces[b->n_pieces - 1].len += (uint32_t)len;
+    } else {
+        hr_outq_piece_t *p = hr_outq_piece(b);
+        *p = (hr_outq_piece_t){NULL, (uint32_t)b->own_len, (uint32_t)len};
+    }
+    b->own_len += len;
+    b->bytes += len;
+}
+
+void hr_outq_shared(hr_outq_t *q, hr_payload_t *payload)
+{
+    hr_outq_batch_t *b = hr_outq_batch(q);
+    hr_outq_piece_t *p = hr_outq_piece(b);
+    *p = (hr_outq_piece_t){hr_payload_ref(payload), 0, payload->len};
+    b->bytes += payload->len;
+}
+
+void *hr_outq_framing_data(const hr_outq_t *q)
+{
+    return q->framing_data;
+}
+
+static size_t hr_outq_pending_bytes(const hr_outq_t *q)
+{
+    return (q->queue != NULL ? q->queue->bytes : 0) +
+           (q->conn != NULL ? hr_http_pending_bytes(q->conn) : 0);
+}
+
+size_t hr_outq_pending(hr_subscriber_t *sub)
+{
+    return hr_outq_pending_bytes(hr_subscriber_data(sub));
+}
+
+/* ---- closing ------------------------------------------------------------------------------ */
+
+static void hr_outq_free_if_done(hr_outq_t *q);
+
+static void hr_outq_grace_closed(uv_handle_t *handle)
+{
+    hr_outq_t *q = handle->data;
+    q->grace_started = false;
+    hr_outq_free_if_done(q);
+}
+
+static void hr_outq_free_if_done(hr_outq_t *q)
+{
+    if (q->state != HR_OUTQ_CLOSED || q->inflight > 0 || q->dirty)
+        return;
+    if (q->grace_started) {
+        if (!uv_is_closing((uv_handle_t *)&q->grace))
+            uv_close((uv_handle_t *)&q->grace, hr_outq_grace_closed);
+        return;
+    }
+    hr_free(q);
+}
+
+static void hr_outq_on_grace(uv_timer_t *timer)
+{
+    hr_outq_t *q = timer->data;
+    if (q->conn != NULL)
+        hr_http_close(q->conn);
+}
+
+/* Stop queueing; end the stream once what is queued is written, or close after the grace. */
+static void hr_outq_cut_off(hr_outq_t *q)
+{
+    if (q->state != HR_OUTQ_OPEN)
+        return;
+    q->state = HR_OUTQ_CUT_OFF;
+    hr_subscriber_stop(q->sub);
+    if (!q->grace_started) {
+        uv_timer_init(q->edge->loop, &q->grace);
+        q->grace.data = q;
+        q->grace_started = true;
+        uv_timer_start(&q->grace, hr_outq_on_grace, (uint64_t)q->edge->config.slow_client_grace, 0);
+    }
+    if (!q->dirty && q->inflight == 0 && q->conn != NULL)
+        hr_http_stream_end(q->conn);
+}
+
+static void hr_outq_on_close(void *arg)
+{
+    hr_outq_t *q = arg;
+    q->state = HR_OUTQ_CLOSED;
+    q->conn = NULL;
+    hr_subscriber_destroy(&q->sub);
+    if (q->queue != NULL) {
+        hr_outq_batch_free(q->queue);
+        q->queue = NULL;
+    }
+    /* Writes in flight complete (with an error) and drop their link to us. */
+    hr_outq_free_if_done(q);
+}
+
+/* ---- writing ------------------------------------------------------------------------------ */
+
+static void hr_outq_on_written(void *arg, int status)
+{
+    hr_outq_batch_t *b = arg;
+    hr_outq_t *q = b->q;
+    hr_outq_batch_free(b);
+    if (q == NULL)
+        return;
+    q->inflight--;
+    if (q->state == HR_OUTQ_CLOSED) {
+        hr_outq_free_if_done(q);
+        return;
+    }
+    if (status != 0)
+        return; /* the connection is closing; its close callback follows */
+    if (q->state == HR_OUTQ_CUT_OFF) {
+        if (!q->dirty && q->inflight == 0)
+            hr_http_stream_end(q->conn);
+        return;
+    }
+    if (hr_outq_pending_bytes(q) <= (size_t)q->edge->config.queue_bytes / 2)
+        hr_subscriber_on_drain(q->sub);
+}
+
+/* Hand the queued batch to the connection (libuv writes what the kernel takes at once). */
+static void hr_outq_write_queued(hr_outq_t *q)
+{
+    hr_outq_batch_t *b = q->queue;
+    q->queue = NULL;
+    if (b == NULL)
+        return;
+    uv_buf_t stack[64];
+    uv_buf_t *bufs = b->n_pieces <= 64 ? stack : hr_malloc(b->n_pieces * sizeof *bufs);
+    for (size_t i = 0; i < b->n_pieces; i++) {
+        const hr_outq_piece_t *p = &b->pieces[i];
+        bufs[i] = p->payload != NULL ? uv_buf_init(p->payload->data, p->payload->len)
+                                     : uv_buf_init(b->own + p->off, p->len);
+    }
+    if (hr_http_stream_write(q->conn, bufs, b->n_pieces, hr_outq_on_written, b) == 0)
+        q->inflight++;
+    else
+        hr_outq_batch_free(b);
+    if (bufs != stack)
+        hr_free(bufs);
+}
+
+static void hr_outq_flush_one(hr_outq_t *q)
+{
+    q->dirty = false;
+    if (q->state == HR_OUTQ_CLOSED || q->conn == NULL) {
+        if (q->queue != NULL) {
+            hr_outq_batch_free(q->queue);
+            q->queue = NULL;
+        }
+        hr_outq_free_if_done(q);
+        return;
+    }
+    hr_outq_write_queued(q);
+}
+
+static void hr_outq_on_check(uv_check_t *check)
+{
+    (void)check;
+    while (hr_outq_dirty != NULL) {
+        hr_outq_t *q = hr_outq_dirty;
+        hr_outq_dirty = q->dirty_next;
+        hr_outq_flush_one(q);
+    }
+}
+
+static bool hr_outq_over_limit(hr_outq_t *q)
+{
+    /* One loop iteration can bring more than the bound at once (a broker commits a batch of
+     * thousands of messages; a catch-up page): hand a large batch to the kernel now rather than
+     * at the end of the iteration, so that only what a client has really not taken counts, and
+     * a client that keeps up is not cut off for the size of a burst. */
+    if (q->queue != NULL && q->queue->bytes >= (size_t)q->edge->config.queue_bytes / 4 &&
+        q->conn != NULL)
+        hr_outq_write_queued(q);
+    return hr_outq_pending_bytes(q) > (size_t)q->edge->config.queue_bytes;
+}
+
+/* ---- the transport functions --------------------------------------------------------------- */
+
+int hr_outq_deliver(hr_subscriber_t *sub, hr_msg_t *msg, const char *cursor, size_t cursor_len)
+{
+    hr_outq_t *q = hr_subscriber_data(sub);
+    if (q->state != HR_OUTQ_OPEN)
+        return -ENOBUFS;
+    if (hr_outq_over_limit(q)) {
+        q->edge->metrics.slow_disconnects++;
+        HR_INFO(MOD, "event=slow_client transport=%s peer=%s pending_bytes=%zu",
+                hr_subscriber_transport(sub)->name, hr_http_conn_peer(q->conn),
+                hr_outq_pending_bytes(q));
+        hr_outq_cut_off(q);
+        return -ENOBUFS;
+    }
+    q->framing->message(q, msg, cursor, cursor_len);
+    return 0;
+}
+
+int hr_outq_reset(hr_subscriber_t *sub, const char *topic, size_t topic_len, const char *reason,
+                  uint64_t next_seq, const char *cursor, size_t cursor_len)
+{
+    hr_outq_t *q = hr_subscriber_data(sub);
+    if (q->state != HR_OUTQ_OPEN)
+        return -ENOBUFS;
+    json_t *j = json_pack("{s:s, s:s%, s:s, s:I}", "type", "reset", "topic", topic, topic_len,
+                          "reason", reason, "next_seq", (json_int_t)next_seq);
+    char *text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    q->framing->reset(q, text, cursor, cursor_len);
+    free(text);
+    return 0;
+}
+
+void hr_outq_heartbeat(hr_subscriber_t *sub)
+{
+    hr_outq_t *q = hr_subscriber_data(sub);
+    if (q->state == HR_OUTQ_OPEN && q->queue == NULL)
+        q->framing->heartbeat(q);
+}
+
+void hr_outq_shutdown(hr_subscriber_t *sub, uint64_t retry_ms)
+{
+    hr_outq_t *q = hr_subscriber_data(sub);
+    if (q->state != HR_OUTQ_OPEN)
+        return;
+    size_t len;
+    const char *cursor = hr_subscriber_cursor(sub, &len);
+    json_t *j = json_pack("{s:s, s:s%, s:I}", "type", "shutdown", "cursor", cursor, len, "retry_ms",
+                          (json_int_t)retry_ms);
+    char *text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    q->framing->shutdown(q, text, cursor, len, retry_ms);
+    free(text);
+    hr_outq_cut_off(q);
+}
+
+/* ---- opening ------------------------------------------------------------------------------ */
+
+hr_outq_t *hr_outq_open(hr_edge_t *edge, hr_http_conn_t *conn, const hr_transport_t *transport,
+                        const hr_outq_framing_t *framing, void *framing_data,
+                        const hr_http_header_t *headers, size_t n_headers, bool chunked,
+                        const char *preamble, size_t preamble_len, const hr_edge_request_t *parsed)
+{
+    hr_outq_t *q = hr_calloc(1, sizeof *q);
+    q->edge = edge;
+    q->conn = conn;
+    q->framing = framing;
+    q->framing_data = framing_data;
+    hr_http_stream_start(conn, 200, headers, n_headers, chunked);
+    hr_http_conn_set_close_cb(conn, hr_outq_on_close, q);
+    if (preamble != NULL)
+        hr_outq_own(q, preamble, preamble_len);
+    q->sub = hr_subscriber_new(edge, transport, q, (const char *const *)parsed->topics,
+                               parsed->topic_lens, parsed->n_topics, &parsed->cursor,
+                               parsed->cursor_untrusted);
+    HR_DEBUG(MOD, "event=open transport=%s peer=%s topics=%zu", transport->name,
+             hr_http_conn_peer(conn), parsed->n_topics);
+    return q;
+}
+
+void hr_outq_start(hr_edge_t *edge)
+{
+    if (hr_outq_started)
+        return;
+    hr_outq_started = true;
+    uv_check_init(edge->loop, &hr_outq_flush_check);
+    uv_check_start(&hr_outq_flush_check, hr_outq_on_check);
+    uv_unref((uv_handle_t *)&hr_outq_flush_check);
+}
+
+void hr_outq_stop(void)
+{
+    if (!hr_outq_started)
+        return;
+    hr_outq_started = false;
+    uv_close((uv_handle_t *)&hr_outq_flush_check, NULL);
+}
