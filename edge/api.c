@@ -12,7 +12,7 @@
 #include "msgjson.h"
 #include "partition.h"
 #include "query.h"
-#include "poll.h"
+#include "polling.h"
 #include "sse.h"
 #include "stream.h"
 #include "sub.h"

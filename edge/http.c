@@ -1457,21 +1457,49 @@ int hr_http_stream_write(hr_http_conn_t *conn, const uv_buf_t *bufs, size_t n,
         nv = 1;
     if (nv > sizeof small / sizeof small[0])
         v = hr_malloc(nv * sizeof *v);
-    http_write_t *w = hr_malloc(sizeof *w + 24);
-    w->done = done;
-    w->arg = arg;
+    char head[24];
     size_t k = 0;
     if (frame) { /* RFC 9112 §7.1: chunk-size CRLF chunk-data CRLF */
-        int hl = snprintf(w->data, 24, "%zx\r\n", total);
-        v[k++] = uv_buf_init(w->data, (unsigned)hl);
+        int hl = snprintf(head, sizeof head, "%zx\r\n", total);
+        v[k++] = uv_buf_init(head, (unsigned)hl);
     }
     for (size_t i = 0; i < n; i++)
         v[k++] = bufs[i];
     if (frame)
         v[k++] = uv_buf_init((char *)http_crlf, 2);
+    /* Nothing queued before us: write now. Most stream writes fit the socket buffer, which saves
+     * the write request and, on libuv 1.44, an epoll_ctl per write. */
+    size_t first = 0;
+    if (k > 0 && uv_stream_get_write_queue_size((uv_stream_t *)&conn->tcp) == 0) {
+        int wrote = uv_try_write((uv_stream_t *)&conn->tcp, v, (unsigned)k);
+        size_t left = wrote > 0 ? (size_t)wrote : 0;
+        if (wrote < 0 && wrote != UV_EAGAIN) {
+            if (v != small)
+                hr_free(v);
+            http_conn_close(conn);
+            return -EPIPE;
+        }
+        while (first < k && left >= v[first].len)
+            left -= v[first++].len;
+        if (first == k) {
+            if (v != small)
+                hr_free(v);
+            return 1; /* all written: `done` will not be called */
+        }
+        v[first].base += left;
+        v[first].len -= left;
+    }
+    /* The rest goes through uv_write; the chunk head must outlive this call. */
+    http_write_t *w = hr_malloc(sizeof *w + 24);
+    w->done = done;
+    w->arg = arg;
+    if (frame && first == 0) {
+        memcpy(w->data, v[0].base, v[0].len);
+        v[0].base = w->data;
+    }
     if (k == 0)
         v[k++] = uv_buf_init(w->data, 0);
-    int rc = http_write(conn, w, v, k);
+    int rc = http_write(conn, w, v + first, k - first);
     if (v != small)
         hr_free(v);
     return rc < 0 ? -EPIPE : 0;
@@ -1488,8 +1516,10 @@ void hr_http_stream_end(hr_http_conn_t *conn)
         return;
     if (conn->chunked) {
         http_write_raw(conn, http_last_chunk, sizeof http_last_chunk - 1);
-        /* Input read during the stream was thrown away: the next request is lost. */
-        if (conn->discarded)
+        /* Input read during the stream was thrown away: the next request is lost. A draining
+         * server does not keep the connection either (its head went out before the drain, so it
+         * could not say Connection: close). */
+        if (conn->discarded || conn->server->draining)
             conn->keep_alive = false;
     }
     http_finish(conn);

@@ -145,9 +145,10 @@ typedef void (*hr_http_write_done)(void *arg, int status);
 
 /*
  * Write `n` buffers as one write (coalesced: one syscall where possible; one chunk when
- * chunked). The buffers' memory must stay valid until `done(arg, status)` is called — exactly
- * once, also when the connection closes first. Returns 0, or -EPIPE if the connection is already
- * closing (then `done` is NOT called).
+ * chunked). When nothing is queued before it and the socket takes every byte at once, returns 1:
+ * the buffers are free to reuse and `done` is NOT called. Otherwise returns 0 and the buffers'
+ * memory must stay valid until `done(arg, status)` is called — exactly once, also when the
+ * connection closes first. Returns -EPIPE if the connection is closing (`done` is NOT called).
  */
 int hr_http_stream_write(hr_http_conn_t *conn, const uv_buf_t *bufs, size_t n,
                          hr_http_write_done done, void *arg);

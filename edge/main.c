@@ -6,7 +6,7 @@
 #include "hr_error.h"
 #include "hr_log.h"
 #include "outq.h"
-#include "poll.h"
+#include "polling.h"
 #include "sub.h"
 
 #include <signal.h>

@@ -72,17 +72,23 @@ static hr_outq_piece_t *hr_outq_piece(hr_outq_batch_t *b)
     return &b->pieces[b->n_pieces++];
 }
 
+/* Put the queue on the flush list (flushed at the end of this loop iteration). */
+static void hr_outq_mark_dirty(hr_outq_t *q)
+{
+    if (!q->dirty) {
+        q->dirty = true;
+        q->dirty_next = hr_outq_dirty;
+        hr_outq_dirty = q;
+    }
+}
+
 static hr_outq_batch_t *hr_outq_batch(hr_outq_t *q)
 {
     if (q->queue == NULL) {
         q->queue = hr_calloc(1, sizeof *q->queue);
         q->queue->q = q;
     }
-    if (!q->dirty) {
-        q->dirty = true;
-        q->dirty_next = hr_outq_dirty;
-        hr_outq_dirty = q;
-    }
+    hr_outq_mark_dirty(q);
     return q->queue;
 }
 
@@ -160,6 +166,8 @@ static void hr_outq_on_grace(uv_timer_t *timer)
         hr_http_close(q->conn);
 }
 
+static void hr_outq_on_close(void *arg);
+
 /* Stop queueing; end the stream once what is queued is written, or close after the grace. */
 static void hr_outq_cut_off(hr_outq_t *q)
 {
@@ -173,8 +181,20 @@ static void hr_outq_cut_off(hr_outq_t *q)
         q->grace_started = true;
         uv_timer_start(&q->grace, hr_outq_on_grace, (uint64_t)q->edge->config.slow_client_grace, 0);
     }
-    if (!q->dirty && q->inflight == 0 && q->conn != NULL)
-        hr_http_stream_end(q->conn);
+    /* Ended by the flush handle, never from here: we may be inside a delivery to q->sub. */
+    hr_outq_mark_dirty(q);
+}
+
+/* A cut-off stream whose output has all been written: end the response and let go of the
+ * connection. A chunked stream's connection stays open for the client's next request (RFC 9112
+ * §9.3), so its close callback will not tell us: the queue is done with it now, and the grace
+ * timer must not close a connection that may be serving another request by the time it fires. */
+static void hr_outq_end(hr_outq_t *q)
+{
+    hr_http_conn_t *conn = q->conn;
+    hr_http_conn_set_close_cb(conn, NULL, NULL);
+    hr_http_stream_end(conn);
+    hr_outq_on_close(q); /* destroys the subscriber; frees q */
 }
 
 static void hr_outq_on_close(void *arg)
@@ -193,6 +213,19 @@ static void hr_outq_on_close(void *arg)
 
 /* ---- writing ------------------------------------------------------------------------------ */
 
+/* A write completed: end a cut-off stream once everything is out, or let a paused catch-up
+ * read on when the queue has room. */
+static void hr_outq_after_write(hr_outq_t *q)
+{
+    if (q->state == HR_OUTQ_CUT_OFF) {
+        if (!q->dirty && q->inflight == 0)
+            hr_outq_end(q);
+        return;
+    }
+    if (hr_outq_pending_bytes(q) <= (size_t)q->edge->config.queue_bytes / 2)
+        hr_subscriber_on_drain(q->sub);
+}
+
 static void hr_outq_on_written(void *arg, int status)
 {
     hr_outq_batch_t *b = arg;
@@ -207,13 +240,7 @@ static void hr_outq_on_written(void *arg, int status)
     }
     if (status != 0)
         return; /* the connection is closing; its close callback follows */
-    if (q->state == HR_OUTQ_CUT_OFF) {
-        if (!q->dirty && q->inflight == 0)
-            hr_http_stream_end(q->conn);
-        return;
-    }
-    if (hr_outq_pending_bytes(q) <= (size_t)q->edge->config.queue_bytes / 2)
-        hr_subscriber_on_drain(q->sub);
+    hr_outq_after_write(q);
 }
 
 /* Hand the queued batch to the connection (libuv writes what the kernel takes at once). */
@@ -224,18 +251,23 @@ static void hr_outq_write_queued(hr_outq_t *q)
     if (b == NULL)
         return;
     uv_buf_t stack[64];
+    stack[0] = uv_buf_init(NULL, 0); /* all n_pieces are set below; this quiets -Wmaybe-uninit */
     uv_buf_t *bufs = b->n_pieces <= 64 ? stack : hr_malloc(b->n_pieces * sizeof *bufs);
     for (size_t i = 0; i < b->n_pieces; i++) {
         const hr_outq_piece_t *p = &b->pieces[i];
         bufs[i] = p->payload != NULL ? uv_buf_init(p->payload->data, p->payload->len)
                                      : uv_buf_init(b->own + p->off, p->len);
     }
-    if (hr_http_stream_write(q->conn, bufs, b->n_pieces, hr_outq_on_written, b) == 0)
-        q->inflight++;
-    else
-        hr_outq_batch_free(b);
+    int rc = hr_http_stream_write(q->conn, bufs, b->n_pieces, hr_outq_on_written, b);
     if (bufs != stack)
         hr_free(bufs);
+    if (rc == 0) {
+        q->inflight++;
+        return;
+    }
+    hr_outq_batch_free(b); /* written at once (1), or the connection is closing */
+    if (rc == 1)
+        hr_outq_after_write(q);
 }
 
 static void hr_outq_flush_one(hr_outq_t *q)
@@ -250,6 +282,8 @@ static void hr_outq_flush_one(hr_outq_t *q)
         return;
     }
     hr_outq_write_queued(q);
+    if (q->state == HR_OUTQ_CUT_OFF && q->inflight == 0)
+        hr_outq_end(q); /* nothing (more) to write */
 }
 
 static void hr_outq_on_check(uv_check_t *check)

@@ -25,6 +25,8 @@ typedef struct hr_sub_topic hr_sub_topic_t;
 
 typedef enum {
     HR_ST_HEAD,    /* asking the broker for the topic's head (start after it: new messages) */
+    HR_ST_START,   /* has a position; its catch-up waits for the heads of the subscription's
+                      new topics, so that the first cursor handed out names every topic */
     HR_ST_CATCHUP, /* reading history from the position; live messages are ignored meanwhile */
     HR_ST_PAUSED,  /* catch-up waits for the transport's queue to drain (backpressure) */
     HR_ST_WAIT,    /* the broker was unavailable: retry on the next tick */
@@ -288,14 +290,30 @@ static void hr_sub_topic_catchup(hr_sub_topic_t *st)
         hr_sub_topic_wait(st, HR_ST_CATCHUP);
 }
 
+/* No head is being asked for any more (answered, or the broker is unavailable): start the
+ * catch-ups that waited for them. Until then no message of the subscription is delivered, so
+ * every cursor it hands out names each of its topics (a client that resumes from it must not
+ * start a topic over "from now" and miss what was published meanwhile). */
+static void hr_sub_start_waiting(hr_subscriber_t *sub)
+{
+    for (size_t i = 0; i < sub->n_topics; i++)
+        if (sub->topics[i].state == HR_ST_HEAD)
+            return;
+    for (size_t i = 0; i < sub->n_topics && !sub->stopped; i++)
+        if (sub->topics[i].state == HR_ST_START)
+            hr_sub_topic_catchup(&sub->topics[i]);
+}
+
 static void hr_sub_topic_on_head(void *arg, int status, const hr_reply_t *reply)
 {
     hr_sub_topic_t *st = arg;
+    hr_subscriber_t *sub = st->sub;
     st->call = NULL;
     if (st->state == HR_ST_STOPPED)
         return;
     if (status != 0 || reply->body_case != HERALD__V1__REPLY__BODY_FETCH) {
         hr_sub_topic_wait(st, HR_ST_HEAD);
+        hr_sub_start_waiting(sub);
         return;
     }
     const Herald__V1__FetchReply *f = reply->fetch;
@@ -306,6 +324,8 @@ static void hr_sub_topic_on_head(void *arg, int status, const hr_reply_t *reply)
             return;
     }
     hr_sub_topic_go_live(st);
+    if (!sub->stopped)
+        hr_sub_start_waiting(sub);
 }
 
 static void hr_sub_topic_head(hr_sub_topic_t *st)
@@ -321,8 +341,10 @@ static void hr_sub_topic_head(hr_sub_topic_t *st)
     req.body_case = HERALD__V1__REQUEST__BODY_FETCH;
     req.fetch = &f;
     if (hr_brokers_request(edge->brokers, st->topic->name, st->topic->len, &req,
-                           hr_sub_topic_on_head, st, &st->call) != 0)
+                           hr_sub_topic_on_head, st, &st->call) != 0) {
         hr_sub_topic_wait(st, HR_ST_HEAD);
+        hr_sub_start_waiting(st->sub);
+    }
 }
 
 void hr_subscriber_on_drain(hr_subscriber_t *sub)
@@ -668,30 +690,34 @@ hr_subscriber_t *hr_subscriber_new(hr_edge_t *edge, const hr_transport_t *transp
     }
     /* Start each topic where the cursor says (DESIGN.md §Client contract): its position when
      * the cursor names it, the oldest retained message for `earliest` or an untrusted cursor
-     * that did not parse, and the head (new messages only) otherwise. */
-    for (size_t i = 0; i < n && !sub->stopped; i++) {
+     * that did not parse, and the head (new messages only) otherwise. Topics with a position
+     * wait (START) for the heads of the others before they catch up (hr_sub_start_waiting). */
+    for (size_t i = 0; i < n; i++) {
         hr_sub_topic_t *st = &sub->topics[i];
         const hr_cursor_entry_t *e = NULL;
         if (cursor != NULL && cursor->kind == HR_CURSOR_POSITIONS)
             e = hr_cursor_find(cursor, st->topic->hash);
+        st->state = HR_ST_START;
         if (cursor_untrusted) {
             st->reset_invalid = true;
             hr_sub_set_position(st, 0, 0);
-            hr_sub_topic_catchup(st);
         } else if (e != NULL) {
             hr_sub_set_position(st, e->epoch, e->seq);
-            hr_sub_topic_catchup(st);
         } else if (cursor != NULL && cursor->kind == HR_CURSOR_EARLIEST) {
             /* Recorded in the cursor at once as "before the oldest retained message" (epoch 0,
              * seq 0): a client that resumes before this topic's first delivery (its cursor
              * came from another topic's event) must still get this topic from its start,
              * not from the head. */
             hr_sub_set_position(st, 0, 0);
-            hr_sub_topic_catchup(st);
         } else {
-            hr_sub_topic_head(st);
+            st->state = HR_ST_HEAD; /* asked for below */
         }
     }
+    for (size_t i = 0; i < n && !sub->stopped; i++)
+        if (sub->topics[i].state == HR_ST_HEAD && sub->topics[i].call == NULL)
+            hr_sub_topic_head(&sub->topics[i]);
+    if (!sub->stopped)
+        hr_sub_start_waiting(sub);
     return sub;
 }
 

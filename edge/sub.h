@@ -13,7 +13,9 @@
  *     history is read; any live message that does not follow its position exactly sends it back
  *     to CATCHUP, so nothing can fall between history and live.
  *   - Without a position (no cursor, or a topic the cursor does not name) the subscriber asks
- *     the broker for the topic's head (HEAD) and starts after it: new messages only.
+ *     the broker for the topic's head (HEAD) and starts after it: new messages only. The other
+ *     topics start reading history only once those heads are known (or their broker is
+ *     unavailable), so every cursor handed to the transport names every topic.
  *   - At topic level the registry checks seq continuity of the live stream (ZeroMQ PUB drops at
  *     its high-water mark) and backfills a gap from the broker once, for every subscriber, before
  *     delivering what follows; after a broker comes back it backfills every topic it owns.

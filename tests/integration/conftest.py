@@ -1,6 +1,7 @@
 """Shared fixtures of Herald's integration suite: real herald-broker processes on loopback with
 temporary LMDB directories, a ZeroMQ client speaking proto/herald.proto, the `herald` CLI, and
-herald-edge processes with an SSE parser and stream reader for the edge tests (1x).
+herald-edge processes with an SSE parser and stream reader for the edge tests (1x), and NDJSON
+and polling clients for the polling and HTTP-streaming tests (2x).
 
 Environment (set by CTest, see CMakeLists.txt here):
   HERALD_BUILD_DIR   build tree holding broker/herald-broker, edge/herald-edge and cli/herald
@@ -613,6 +614,36 @@ class Edge:
                 out[name] = float(value)
         return out
 
+    def poll(self, topics, cursor=None, wait=None, limit=None, headers=None, params=None,
+             timeout=None, session=None):
+        """GET /v1/poll for `topics` (a name or a list); returns the response, whatever its
+        status. The HTTP timeout is `wait` plus HTTP_TIMEOUT_S. `session`: the requests session
+        to use (default: this edge's; pass `requests` for a connection of its own, e.g. from
+        another thread)."""
+        if isinstance(topics, str):
+            topics = [topics]
+        q = [("topic", t) for t in topics]
+        for name, value in (("cursor", cursor), ("wait", wait), ("limit", limit)):
+            if value is not None:
+                q.append((name, str(value)))
+        q += list((params or {}).items())
+        if timeout is None:
+            try:
+                timeout = HTTP_TIMEOUT_S + float(wait if wait is not None else 25)
+            except ValueError:
+                timeout = HTTP_TIMEOUT_S
+        return (session or self.http).get(self.url("/v1/poll"), params=q, headers=headers or {},
+                                          timeout=timeout)
+
+    def stream(self, topics, params=None, headers=None, **kw):
+        """Open GET /v1/stream for `topics` (a name or a list); returns an NDJSONStream."""
+        if isinstance(topics, str):
+            topics = [topics]
+        q = [("topic", t) for t in topics] + list((params or {}).items())
+        path = "/v1/stream?" + "&".join(f"{k}={requests.utils.quote(str(v), safe='')}"
+                                        for k, v in q)
+        return NDJSONStream(self.host, self.port, path, headers, **kw)
+
     def sse(self, topics, params=None, headers=None, **kw):
         """Open GET /v1/sse for `topics` (a name or a list); returns an SSEStream."""
         if isinstance(topics, str):
@@ -755,7 +786,9 @@ class SSEStream:
     `raw` keeps every body byte, `events` every dispatched event, `closed` is set at EOF.
     """
 
-    def __init__(self, host, port, path, headers=None, timeout=HTTP_TIMEOUT_S):
+    KIND = "SSE"
+
+    def __init__(self, host, port, path, headers=None, timeout=HTTP_TIMEOUT_S, parser=None):
         self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
         self.conn.request("GET", path, headers=headers or {})
         # http.client lets go of the socket of a close-delimited response: keep it to end it
@@ -764,7 +797,7 @@ class SSEStream:
         self.sock.settimeout(None)  # reads block; the reader thread ends at close or EOF
         self.status = self.resp.status
         self.headers = self.resp.headers
-        self.parser = SSEParser()
+        self.parser = parser or SSEParser()
         self.raw = bytearray()
         self.events = []
         self.closed = False
@@ -814,10 +847,10 @@ class SSEStream:
         while not pred(self):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"SSE: no {what} within {timeout} s; "
+                raise AssertionError(f"{self.KIND}: no {what} within {timeout} s; "
                                      f"{len(self.events)} events: {self.events[-5:]}")
             if not self._take(min(left, 0.2)) and not pred(self):
-                raise AssertionError(f"SSE: stream closed before {what}; "
+                raise AssertionError(f"{self.KIND}: stream closed before {what}; "
                                      f"{len(self.events)} events: {self.events[-5:]}")
         return self
 
@@ -838,7 +871,7 @@ class SSEStream:
         while not self.closed:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"SSE: stream still open after {timeout} s")
+                raise AssertionError(f"{self.KIND}: stream still open after {timeout} s")
             self._take(min(left, 0.2))
         return self
 
@@ -865,6 +898,201 @@ class SSEStream:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# ---- HTTP streaming and polling (tests 2x) -------------------------------------------------------
+
+class NDJSONParser:
+    """Newline-delimited JSON (GET /v1/stream), fed with body bytes as they arrive: feed()
+    returns the objects of the lines it completes. An empty line is a heartbeat (counted in
+    `heartbeats`); every other line must be a JSON object with a "type" (DESIGN.md §Client
+    contract), else AssertionError."""
+
+    def __init__(self):
+        self._pending = b""
+        self.heartbeats = 0
+
+    def feed(self, chunk, final=False):
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        out = []
+        for line in lines:
+            if line == b"":
+                self.heartbeats += 1
+                continue
+            obj = json.loads(line)
+            assert isinstance(obj, dict) and isinstance(obj.get("type"), str), line
+            out.append(obj)
+        return out  # at `final`, an incomplete last line (a cut connection) is dropped
+
+
+class NDJSONStream(SSEStream):
+    """GET /v1/stream with http.client (which undoes the chunked coding), parsed as it arrives:
+    `events` holds every JSON line, `raw` the de-chunked body, `closed` is set at the end."""
+
+    KIND = "stream"
+
+    def __init__(self, host, port, path, headers=None, timeout=HTTP_TIMEOUT_S):
+        super().__init__(host, port, path, headers, timeout, parser=NDJSONParser())
+
+    def messages(self):
+        return [o for o in self.events if o["type"] == "message"]
+
+    def last_id(self):
+        """The cursor to resume from: the id of the last message or reset line, or the cursor
+        of a shutdown line."""
+        for o in reversed(self.events):
+            if o["type"] in ("message", "reset"):
+                return o["id"]
+            if o["type"] == "shutdown":
+                return o["cursor"]
+        return None
+
+
+def _query(topics, extra):
+    topics = [topics] if isinstance(topics, str) else list(topics)
+    return [("topic", t) for t in topics] + [(k, str(v)) for k, v in extra if v is not None]
+
+
+class AsyncPoller:
+    """One polling client on aiohttp, for tests with many concurrent pollers.
+
+    run() polls `topics` on the edges in `bases` (base URLs; it starts on bases[0]) until `want`
+    messages have arrived or `deadline` (time.monotonic()) passes, each request with the
+    `cursor` of the previous answer: long polling with `wait` > 0, regular polling with wait=0
+    and a pause of `interval` s after an empty answer. A request that fails or is not answered
+    200 is retried with the same cursor on the next base after 0.1 s. `keep(message)` is what is
+    stored of each message (the whole JSON by default; load tests keep less).
+    """
+
+    def __init__(self, session, bases, topics, want, cursor=None, wait=1, limit=None,
+                 interval=0.0, keep=None, max_requests=100000):
+        self.session = session
+        self.bases = list(bases)
+        self.topics = topics
+        self.want = want
+        self.cursor = cursor
+        self.wait = wait
+        self.limit = limit
+        self.interval = interval
+        self.keep = keep or (lambda m: m)
+        self.max_requests = max_requests
+        self.messages = []
+        self.resets = []
+        self.last_id = None  # id of the last message
+        self.requests = 0
+        self.empty = 0  # answers 200 without a message or reset
+        self.statuses = {}
+        self.errors = []
+        self.base_index = 0
+
+    async def run(self, deadline):
+        while len(self.messages) < self.want and self.requests < self.max_requests:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            base = self.bases[self.base_index % len(self.bases)]
+            self.requests += 1
+            q = _query(self.topics, [("cursor", self.cursor), ("wait", self.wait),
+                                     ("limit", self.limit)])
+            try:
+                timeout = aiohttp.ClientTimeout(total=min(left, float(self.wait) + 10),
+                                                sock_connect=5)
+                async with self.session.get(base + "/v1/poll", params=q,
+                                            timeout=timeout) as resp:
+                    body = await resp.read()
+                    self.statuses[resp.status] = self.statuses.get(resp.status, 0) + 1
+                    etag = resp.headers.get("ETag")
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+                self.errors.append(repr(e))
+                self.base_index += 1
+                await asyncio.sleep(0.1)
+                continue
+            if resp.status != 200:
+                self.errors.append(f"{resp.status} {body[:200]!r}")
+                self.base_index += 1
+                await asyncio.sleep(0.1)
+                continue
+            answer = json.loads(body)
+            assert etag == f'W/"{answer["cursor"]}"', (etag, answer["cursor"])
+            for m in answer["messages"]:
+                self.messages.append(self.keep(m))
+            if answer["messages"]:
+                self.last_id = answer["messages"][-1]["id"]
+            self.resets.extend(answer["reset"])
+            self.cursor = answer["cursor"]
+            if not answer["messages"] and not answer["reset"]:
+                self.empty += 1
+                if self.interval:
+                    await asyncio.sleep(self.interval)
+        return self
+
+
+class AsyncStreamReader:
+    """One HTTP-streaming client (GET /v1/stream) on aiohttp, for tests with many streams.
+
+    run() reads `topics` from the edges in `bases` until `want` messages have arrived or
+    `deadline` passes. When the stream ends or fails and `reconnect` is set it connects again,
+    to the next base in turn, with cursor= the id of the last line it saw (what a fetch()
+    client does). `keep` as for AsyncPoller.
+    """
+
+    def __init__(self, session, bases, topics, want, cursor=None, reconnect=True,
+                 max_connects=50, keep=None):
+        self.session = session
+        self.bases = list(bases)
+        self.topics = topics
+        self.want = want
+        self.cursor = cursor
+        self.reconnect = reconnect
+        self.max_connects = max_connects
+        self.keep = keep or (lambda m: m)
+        self.messages = []
+        self.others = []  # reset and shutdown lines
+        self.heartbeats = 0
+        self.connects = 0
+        self.statuses = []
+        self.error = None
+
+    async def run(self, deadline):
+        while len(self.messages) < self.want and self.connects < self.max_connects:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            base = self.bases[self.connects % len(self.bases)]
+            self.connects += 1
+            try:
+                timeout = aiohttp.ClientTimeout(total=left, sock_connect=5)
+                async with self.session.get(base + "/v1/stream",
+                                            params=_query(self.topics, [("cursor", self.cursor)]),
+                                            timeout=timeout) as resp:
+                    self.statuses.append(resp.status)
+                    if resp.status != 200:
+                        self.error = f"status {resp.status}: {await resp.text()}"
+                    else:
+                        await self._read(resp)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+                self.error = repr(e)
+            if not self.reconnect:
+                break
+            if len(self.messages) < self.want:
+                await asyncio.sleep(0.1)
+        return self
+
+    async def _read(self, resp):
+        parser = NDJSONParser()
+        try:
+            async for chunk in resp.content.iter_any():
+                for obj in parser.feed(chunk):
+                    if obj["type"] == "message":
+                        self.messages.append(self.keep(obj))
+                        self.cursor = obj["id"]
+                    else:
+                        self.others.append(obj)
+                        self.cursor = obj.get("id") or obj.get("cursor") or self.cursor
+                if len(self.messages) >= self.want:
+                    return
+        finally:
+            self.heartbeats += parser.heartbeats
 
 
 class AsyncSubscriber:
@@ -935,6 +1163,122 @@ class AsyncSubscriber:
             self.last_event_id = parser.dispatched_id or self.last_event_id
             if len(self.messages) >= self.want:
                 return
+
+
+# ---- browser tests: chromium driven by node + playwright-core behind HAProxy (15, 24) ------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_DIR = SOURCE_DIR / "tests" / "browser"
+
+browser_marks = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed"),
+    pytest.mark.skipif(not (BROWSER_DIR / "node_modules" / "playwright-core").exists(),
+                       reason="tests/browser/node_modules is missing: run `npm ci` there"),
+]
+
+HAPROXY_CFG = """\
+global
+    maxconn 2000
+
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 1h
+    timeout server 1h
+    timeout tunnel 1h
+    # a connection refused by a dead edge is retried on the other one, never answered 503
+    # (EventSource gives up for good on a non-200 answer)
+    retries 3
+    option redispatch 1
+
+frontend herald
+    bind 127.0.0.1:{port}
+    default_backend edges
+
+backend edges
+    # the first edge takes every connection while it is up: the browser starts on edge a
+    balance first
+    option httpchk GET /readyz
+    http-check expect status 200
+    server a 127.0.0.1:{port_a} check inter 200ms fall 2 rise 1
+    server b 127.0.0.1:{port_b} check inter 200ms fall 2 rise 1
+"""
+
+
+def start_haproxy(tmp_path, port, edge_a, edge_b):
+    """HAProxy on 127.0.0.1:`port` in front of two edges (HAPROXY_CFG); returns its Popen."""
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CFG.format(port=port, port_a=edge_a.port, port_b=edge_b.port))
+    check = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True,
+                           timeout=20)
+    assert check.returncode == 0, check.stdout + check.stderr
+    log = open(tmp_path / "haproxy.log", "wb")
+    proc = track(subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdin=subprocess.DEVNULL,
+                                  stdout=log, stderr=subprocess.STDOUT))
+    log.close()
+    return proc
+
+
+def wait_http(url, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} did not answer 200 within {timeout} s")
+
+
+class NodeScript:
+    """A node script of tests/browser as a child process; its stdout lines (JSON objects with an
+    "event") arrive on a queue, read with expect()."""
+
+    def __init__(self, script, args, stderr_path):
+        self.stderr = open(stderr_path, "wb")
+        self.proc = track(subprocess.Popen(["node", str(script), *args], cwd=BROWSER_DIR,
+                                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                           stderr=self.stderr))
+        self.lines = queue.Queue()
+        self.stderr_path = stderr_path
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line.decode("utf-8", "replace"))
+        self.lines.put(None)
+
+    def expect(self, event, timeout):
+        """The next line with `event` (lines of other events are skipped; "error" fails)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = self.lines.get(timeout=max(left, 0.01))
+            except queue.Empty:
+                line = ""
+            if line is None or (not line and left <= 0):
+                raise AssertionError(f"node: no {event!r} event (exit {self.proc.poll()}):\n"
+                                     f"{Path(self.stderr_path).read_text(errors='replace')}")
+            if not line.strip():
+                continue
+            msg = json.loads(line)
+            assert msg["event"] != "error", msg["message"]
+            if msg["event"] == event:
+                return msg
+
+    def stop(self):
+        # SIGTERM first: playwright's handler closes the browser it launched; then SIGKILL
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        end_process(self.proc)
+        self.stderr.close()
 
 
 # ---- cursors (proto/cursor.h, format 'a'), for tests that need one the edge never issued --------

@@ -1,5 +1,5 @@
 /*
- * The polling transport (poll.c): GET /v1/poll, long polling (wait > 0) and regular polling
+ * The polling transport (polling.c): GET /v1/poll, long polling (wait > 0) and regular polling
  * (wait = 0), answered with JSON. Loop thread only.
  */
 #ifndef HR_POLL_H

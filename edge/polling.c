@@ -16,7 +16,7 @@
  * If-None-Match is accepted as the cursor; a conditional poll that ends with nothing new is
  * answered 304 Not Modified.
  */
-#include "poll.h"
+#include "polling.h"
 
 #include "hr_alloc.h"
 #include "hr_log.h"
@@ -35,7 +35,8 @@
 
 typedef enum {
     HR_POLL_COLLECTING, /* reading the log / waiting for the live stream */
-    HR_POLL_READY,      /* on the answer list: answered at the end of this loop iteration */
+    HR_POLL_READY,      /* on the answer list: answered at the end of this loop iteration; still
+                           takes what else arrives in this iteration, up to the limit */
     HR_POLL_CLOSED,     /* the client went away while the poll was on the answer list */
 } hr_poll_state_t;
 
@@ -69,8 +70,8 @@ static void hr_poll_mark_ready(hr_poll_t *p)
     p->state = HR_POLL_READY;
     p->ready_next = hr_poll_ready;
     hr_poll_ready = p;
-    /* Taken what it needs: deliver nothing more to it (it is destroyed when answered). */
-    hr_subscriber_stop(p->sub);
+    /* The subscriber keeps delivering until the answer goes out at the end of this loop
+     * iteration, so messages that arrive together (one commit of a batch) go out together. */
 }
 
 static void hr_poll_take_cursor(hr_poll_t *p, const char *cursor, size_t len)
@@ -82,9 +83,9 @@ static void hr_poll_take_cursor(hr_poll_t *p, const char *cursor, size_t len)
 static int hr_poll_deliver(hr_subscriber_t *sub, hr_msg_t *msg, const char *cursor, size_t len)
 {
     hr_poll_t *p = hr_subscriber_data(sub);
-    if (p->state != HR_POLL_COLLECTING || p->n >= p->limit) {
+    if (p->state == HR_POLL_CLOSED || p->n >= p->limit) {
         hr_poll_mark_ready(p);
-        return -ENOBUFS; /* not taken: the answer's cursor stays before it */
+        return -ENOBUFS; /* not taken (nothing more is): the answer's cursor stays before it */
     }
     if (p->n == p->cap) {
         p->cap = p->cap ? p->cap * 2 : 16;
@@ -97,8 +98,12 @@ static int hr_poll_deliver(hr_subscriber_t *sub, hr_msg_t *msg, const char *curs
     hr_poll_take_cursor(p, cursor, len);
     /* A live message (the log has been read) answers the poll; during catch-up the answer waits
      * for caught_up or the limit, so one answer carries the whole page. */
-    if (p->n >= p->limit || p->caught_up)
+    if (p->n >= p->limit) {
         hr_poll_mark_ready(p);
+        hr_subscriber_stop(sub); /* full: read no further page */
+    } else if (p->caught_up) {
+        hr_poll_mark_ready(p);
+    }
     return 0;
 }
 
@@ -106,7 +111,7 @@ static int hr_poll_reset(hr_subscriber_t *sub, const char *topic, size_t topic_l
                          const char *reason, uint64_t next_seq, const char *cursor, size_t len)
 {
     hr_poll_t *p = hr_subscriber_data(sub);
-    if (p->state != HR_POLL_COLLECTING)
+    if (p->state == HR_POLL_CLOSED)
         return -ENOBUFS;
     json_array_append_new(p->resets,
                           json_pack("{s:s, s:s%, s:s, s:I}", "type", "reset", "topic", topic,
@@ -130,9 +135,11 @@ static void hr_poll_on_timeout(uv_timer_t *timer)
 static void hr_poll_caught_up(hr_subscriber_t *sub)
 {
     hr_poll_t *p = hr_subscriber_data(sub);
+    if (p->state == HR_POLL_CLOSED)
+        return;
+    p->caught_up = true; /* also when the wait ended in this iteration: not a 503 then */
     if (p->state != HR_POLL_COLLECTING)
         return;
-    p->caught_up = true;
     if (p->n > 0 || json_array_size(p->resets) > 0 || p->wait_ms == 0) {
         hr_poll_mark_ready(p);
         return;
@@ -285,14 +292,24 @@ static int hr_poll_params(hr_edge_t *edge, hr_http_conn_t *conn, const hr_http_r
 {
     double wait = (double)edge->config.poll_wait;
     long long lim = edge->config.poll_limit;
-    char name[16], value[32], why[160];
+    char name[16], value[64], why[160];
     hr_query_iter_t it;
     hr_query_init(&it, req->query, req->query_len);
     int rc;
-    while ((rc = hr_query_next(&it, name, sizeof name, value, sizeof value, NULL)) != 0) {
+    for (;;) {
         char *end;
-        if (rc < 0)
-            continue; /* long cursors and topics were checked by the subscription parser */
+        memset(name, 0, sizeof name); /* a name that fails to decode is left as its prefix */
+        if ((rc = hr_query_next(&it, name, sizeof name - 1, value, sizeof value, NULL)) == 0)
+            break;
+        if (rc < 0) {
+            /* Long cursors and topics are checked by the subscription parser; a wait or limit
+             * longer than any sensible number is refused, not ignored. */
+            if (strcmp(name, "wait") == 0 || strcmp(name, "limit") == 0) {
+                snprintf(why, sizeof why, "%s is malformed or too long", name);
+                goto bad;
+            }
+            continue;
+        }
         if (strcmp(name, "wait") == 0) {
             wait = strtod(value, &end);
             if (value[0] == '\0' || *end != '\0' || !isfinite(wait) || wait < 0) {
