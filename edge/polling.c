@@ -126,6 +126,13 @@ static size_t hr_poll_pending(hr_subscriber_t *sub)
     return 0; /* bounded by `limit` instead */
 }
 
+/* A poll answers with at most `limit` messages: reading more from the log would be wasted. */
+static size_t hr_poll_page_limit(hr_subscriber_t *sub)
+{
+    hr_poll_t *p = hr_subscriber_data(sub);
+    return p->limit;
+}
+
 static void hr_poll_on_timeout(uv_timer_t *timer)
 {
     hr_poll_mark_ready(timer->data);
@@ -165,6 +172,7 @@ static const hr_transport_t hr_poll_transport = {
     .pending_bytes = hr_poll_pending,
     .shutdown = hr_poll_shutdown,
     .caught_up = hr_poll_caught_up,
+    .page_limit = hr_poll_page_limit,
 };
 
 /* ---- answering ---------------------------------------------------------------------------- */

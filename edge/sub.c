@@ -279,6 +279,10 @@ static void hr_sub_topic_catchup(hr_sub_topic_t *st)
     f.after_seq = st->seq;
     f.epoch = st->epoch;
     f.limit = (uint32_t)edge->config.fetch_page;
+    size_t page =
+        st->sub->transport->page_limit != NULL ? st->sub->transport->page_limit(st->sub) : 0;
+    if (page > 0 && page < f.limit)
+        f.limit = (uint32_t)page;
     /* A page never fills more than a quarter of the client's queue: the edge sets the pace of a
      * catch-up, so the client must not be cut off as slow because of its size. */
     f.max_bytes = (uint32_t)(edge->config.queue_bytes / 4);

@@ -60,6 +60,9 @@ typedef struct {
     /* Optional. The edge is shutting down: give the client its cursor and a reconnect hint of
      * `retry_ms` (already jittered), then close. */
     void (*shutdown)(hr_subscriber_t *sub, uint64_t retry_ms);
+    /* Optional. Most messages worth reading from the log in one page for this subscriber (a
+     * poll needs no more than its answer's limit); 0 or absent = --fetch-page. */
+    size_t (*page_limit)(hr_subscriber_t *sub);
     /* Optional. Every topic has read its history and is in step with the live stream (called
      * each time this becomes true; a long poll answers then if it holds messages). */
     void (*caught_up)(hr_subscriber_t *sub);
