@@ -1,5 +1,7 @@
 #include "hr_error.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 struct hr_error_info {
@@ -55,4 +57,20 @@ int hr_error_from_code(const char *code)
         if (strcmp(hr_errors[i].code, code) == 0)
             return hr_errors[i].err;
     return HR_E_INTERNAL;
+}
+
+void hr_why(char *why, size_t why_len, const char *fmt, ...)
+{
+    if (why == NULL || why_len == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, why_len, fmt, ap);
+    va_end(ap);
+}
+
+void hr_why_clear(char *why, size_t why_len)
+{
+    if (why != NULL && why_len > 0)
+        why[0] = '\0';
 }

@@ -12,6 +12,8 @@
 #ifndef HR_ERROR_H
 #define HR_ERROR_H
 
+#include <stddef.h>
+
 enum {
     HR_E_FIRST = -30999,
     HR_E_INVALID_TOPIC = HR_E_FIRST, /* topic name outside DESIGN.md §Data model rules */
@@ -39,5 +41,12 @@ const char *hr_error_code(int err);
 
 /* Map a wire code back to the Herald error; HR_E_INTERNAL for an unknown code. */
 int hr_error_from_code(const char *code);
+
+/* Write an explanation into a caller's optional `why` buffer (`why_len` bytes; NULL or 0 = the
+ * caller does not want one), as the validating functions of proto/ and storage/ do. */
+void hr_why(char *why, size_t why_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Empty a caller's optional `why` buffer. */
+void hr_why_clear(char *why, size_t why_len);
 
 #endif

@@ -7,26 +7,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-static void why_printf(char *why, size_t why_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void why_printf(char *why, size_t why_len, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (why == NULL || why_len == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(why, why_len, fmt, ap);
-    va_end(ap);
-}
-
-static void why_clear(char *why, size_t why_len)
-{
-    if (why != NULL && why_len > 0)
-        why[0] = '\0';
-}
-
 /*
  * Field number 0 is invalid in protobuf, and protobuf-c 1.4 refuses it in a one-byte tag
  * (0x02) but accepts it spelled with a redundant varint byte (0x82 0x00), keeping it as an
@@ -73,8 +53,8 @@ static int version_check(uint32_t version, const char *what, char *why, size_t w
     uint32_t v = version == 0 ? 1 : version;
 
     if (v > HR_PROTOCOL_VERSION) {
-        why_printf(why, why_len, "%s protocol version %u is not supported; this build speaks %d",
-                   what, (unsigned)v, HR_PROTOCOL_VERSION);
+        hr_why(why, why_len, "%s protocol version %u is not supported; this build speaks %d", what,
+               (unsigned)v, HR_PROTOCOL_VERSION);
         return HR_E_VERSION;
     }
     return 0;
@@ -83,7 +63,7 @@ static int version_check(uint32_t version, const char *what, char *why, size_t w
 static int size_check(size_t len, size_t max_bytes, const char *what, char *why, size_t why_len)
 {
     if (len > max_bytes) {
-        why_printf(why, why_len, "%s is %zu bytes; the limit is %zu", what, len, max_bytes);
+        hr_why(why, why_len, "%s is %zu bytes; the limit is %zu", what, len, max_bytes);
         return HR_E_PAYLOAD_TOO_LARGE;
     }
     return 0;
@@ -131,16 +111,16 @@ int hr_codec_decode_request(const uint8_t *buf, size_t len, size_t max_bytes, hr
     ProtobufCAllocator allocator = {hr_budget_alloc, hr_budget_free, &budget};
     req = herald__v1__request__unpack(&allocator, len, buf);
     if (req == NULL && budget.exceeded) {
-        why_printf(why, why_len,
-                   "request of %zu bytes needs more than %zu bytes to decode (too many messages "
-                   "in one request)",
-                   len, budget.budget);
+        hr_why(why, why_len,
+               "request of %zu bytes needs more than %zu bytes to decode (too many messages "
+               "in one request)",
+               len, budget.budget);
         return HR_E_PAYLOAD_TOO_LARGE;
     }
     if (req != NULL && has_field_zero(&req->base))
         hr_codec_request_free(&req);
     if (req == NULL) {
-        why_printf(why, why_len, "not a valid herald.v1.Request");
+        hr_why(why, why_len, "not a valid herald.v1.Request");
         return HR_E_PROTO;
     }
     *out = req;
@@ -150,10 +130,10 @@ int hr_codec_decode_request(const uint8_t *buf, size_t len, size_t max_bytes, hr
     /* A body field this build does not know is kept by protobuf-c as an unknown field, which
      * leaves the oneof unset: the sender is newer than its version says, or sent nothing. */
     if (req->body_case == HERALD__V1__REQUEST__BODY__NOT_SET) {
-        why_printf(why, why_len, "unknown or missing request type");
+        hr_why(why, why_len, "unknown or missing request type");
         return HR_E_INVALID_REQUEST;
     }
-    why_clear(why, why_len);
+    hr_why_clear(why, why_len);
     return 0;
 }
 
@@ -191,7 +171,7 @@ int hr_codec_decode_reply(const uint8_t *buf, size_t len, size_t max_bytes, hr_r
     if (reply != NULL && has_field_zero(&reply->base))
         hr_codec_reply_free(&reply);
     if (reply == NULL) {
-        why_printf(why, why_len, "not a valid herald.v1.Reply");
+        hr_why(why, why_len, "not a valid herald.v1.Reply");
         return HR_E_PROTO;
     }
     *out = reply;
@@ -199,10 +179,10 @@ int hr_codec_decode_reply(const uint8_t *buf, size_t len, size_t max_bytes, hr_r
     if (rc != 0)
         return rc;
     if (reply->body_case == HERALD__V1__REPLY__BODY__NOT_SET) {
-        why_printf(why, why_len, "unknown or missing reply type");
+        hr_why(why, why_len, "unknown or missing reply type");
         return HR_E_INVALID_REQUEST;
     }
-    why_clear(why, why_len);
+    hr_why_clear(why, why_len);
     return 0;
 }
 

@@ -9,36 +9,16 @@
 /* The reserved prefix of Herald's own SSE events (DESIGN.md §Data model), e.g. herald.reset. */
 #define HR_EVENT_RESERVED_PREFIX "herald."
 
-static void why_printf(char *why, size_t why_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void why_printf(char *why, size_t why_len, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (why == NULL || why_len == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(why, why_len, fmt, ap);
-    va_end(ap);
-}
-
-static void why_clear(char *why, size_t why_len)
-{
-    if (why != NULL && why_len > 0)
-        why[0] = '\0';
-}
-
 /* "byte 0x2f ('/') at offset 3 is not allowed<where>"; the character itself is shown only when
  * it is printable ASCII, so the text never carries control or non-ASCII bytes. */
 static void why_bad_byte(char *why, size_t why_len, unsigned char c, size_t offset,
                          const char *where)
 {
     if (c >= 0x20 && c <= 0x7e)
-        why_printf(why, why_len, "byte 0x%02x ('%c') at offset %zu is not allowed%s", c, c, offset,
-                   where);
+        hr_why(why, why_len, "byte 0x%02x ('%c') at offset %zu is not allowed%s", c, c, offset,
+               where);
     else
-        why_printf(why, why_len, "byte 0x%02x at offset %zu is not allowed%s", c, offset, where);
+        hr_why(why, why_len, "byte 0x%02x at offset %zu is not allowed%s", c, offset, where);
 }
 
 static int is_name_byte(unsigned char c)
@@ -52,11 +32,11 @@ int hr_topic_validate(const char *name, size_t len, char *why, size_t why_len)
     const unsigned char *p = (const unsigned char *)name;
 
     if (len == 0) {
-        why_printf(why, why_len, "topic is empty");
+        hr_why(why, why_len, "topic is empty");
         return HR_E_INVALID_TOPIC;
     }
     if (len > HR_TOPIC_MAX) {
-        why_printf(why, why_len, "topic is %zu bytes; the limit is %d", len, HR_TOPIC_MAX);
+        hr_why(why, why_len, "topic is %zu bytes; the limit is %d", len, HR_TOPIC_MAX);
         return HR_E_INVALID_TOPIC;
     }
     for (size_t i = 0; i < len; i++) {
@@ -65,7 +45,7 @@ int hr_topic_validate(const char *name, size_t len, char *why, size_t why_len)
             return HR_E_INVALID_TOPIC;
         }
     }
-    why_clear(why, why_len);
+    hr_why_clear(why, why_len);
     return 0;
 }
 
@@ -75,7 +55,7 @@ int hr_event_validate(const char *event, size_t len, char *why, size_t why_len)
     const size_t prefix_len = sizeof HR_EVENT_RESERVED_PREFIX - 1;
 
     if (len > HR_EVENT_MAX) {
-        why_printf(why, why_len, "event type is %zu bytes; the limit is %d", len, HR_EVENT_MAX);
+        hr_why(why, why_len, "event type is %zu bytes; the limit is %d", len, HR_EVENT_MAX);
         return HR_E_INVALID_REQUEST;
     }
     /* Visible ASCII only: an SSE `event:` line ends at CR or LF (WHATWG HTML §9.2.6), and a
@@ -87,10 +67,10 @@ int hr_event_validate(const char *event, size_t len, char *why, size_t why_len)
         }
     }
     if (len >= prefix_len && memcmp(event, HR_EVENT_RESERVED_PREFIX, prefix_len) == 0) {
-        why_printf(why, why_len, "event types starting with 'herald.' are reserved");
+        hr_why(why, why_len, "event types starting with 'herald.' are reserved");
         return HR_E_INVALID_REQUEST;
     }
-    why_clear(why, why_len);
+    hr_why_clear(why, why_len);
     return 0;
 }
 
@@ -99,8 +79,8 @@ int hr_content_type_validate(const char *ctype, size_t len, char *why, size_t wh
     const unsigned char *p = (const unsigned char *)ctype;
 
     if (len > HR_CONTENT_TYPE_MAX) {
-        why_printf(why, why_len, "content type is %zu bytes; the limit is %d", len,
-                   HR_CONTENT_TYPE_MAX);
+        hr_why(why, why_len, "content type is %zu bytes; the limit is %d", len,
+               HR_CONTENT_TYPE_MAX);
         return HR_E_INVALID_REQUEST;
     }
     /* Visible ASCII or space (RFC 9110 §8.3 media types with parameters); no control bytes, so
@@ -111,6 +91,6 @@ int hr_content_type_validate(const char *ctype, size_t len, char *why, size_t wh
             return HR_E_INVALID_REQUEST;
         }
     }
-    why_clear(why, why_len);
+    hr_why_clear(why, why_len);
     return 0;
 }
