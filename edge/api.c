@@ -30,7 +30,9 @@
 #define MOD "api"
 
 /* Most messages in one POST /v1/messages batch. */
-#define HR_BATCH_MAX 10000
+/* Most messages in one POST /v1/messages batch: the broker's default --max-batch, since a batch
+ * is one broker request and the broker refuses larger ones. */
+#define HR_BATCH_MAX 8192
 /* Default and largest page of GET /v1/topics/{topic}/messages. */
 #define HR_HISTORY_LIMIT     100
 #define HR_HISTORY_LIMIT_MAX 1000
@@ -132,6 +134,20 @@ void hr_edge_request_free(hr_edge_request_t *r)
 /* The cursor text of a header value: If-None-Match carries it as a (weak) entity tag. */
 static const char *hr_etag_value(const char *v, size_t *len)
 {
+    /* RFC 9110 §13.1.2: "*" or a list of entity tags. "*" names no position; of a list, the
+     * first tag is the one this edge sent (a client sends back the ETag it got). */
+    if (*len == 1 && v[0] == '*')
+        return NULL;
+    for (size_t i = 0, quoted = 0; i < *len; i++) {
+        if (v[i] == '"')
+            quoted = !quoted;
+        else if (v[i] == ',' && !quoted) {
+            *len = i;
+            break;
+        }
+    }
+    while (*len > 0 && (v[*len - 1] == ' ' || v[*len - 1] == '\t'))
+        (*len)--;
     if (*len >= 2 && v[0] == 'W' && v[1] == '/') {
         v += 2;
         *len -= 2;
@@ -629,6 +645,8 @@ static void hr_api_history(hr_edge_t *edge, hr_http_conn_t *conn, const hr_http_
             break;
         }
         if (strcmp(name, "after") == 0 || strcmp(name, "cursor") == 0) {
+            if (vlen == 0)
+                continue; /* empty: the default, earliest */
             if (hr_cursor_parse(&cursor, value, vlen) != 0) {
                 code = "invalid_cursor";
                 snprintf(why, sizeof why, "the cursor is not one this edge issued");

@@ -319,8 +319,10 @@ static int hr_poll_params(hr_edge_t *edge, hr_http_conn_t *conn, const hr_http_r
             continue;
         }
         if (strcmp(name, "wait") == 0) {
+            /* Decimal seconds (exponents allowed): strtod would also take hex, "inf", "nan". */
+            bool decimal = value[0] != '\0' && strspn(value, "0123456789.eE+") == strlen(value);
             wait = strtod(value, &end);
-            if (value[0] == '\0' || *end != '\0' || !isfinite(wait) || wait < 0) {
+            if (!decimal || *end != '\0' || !isfinite(wait) || wait < 0) {
                 snprintf(why, sizeof why, "wait must be a number of seconds >= 0, not '%s'", value);
                 goto bad;
             }
@@ -355,6 +357,21 @@ void hr_poll_open(hr_edge_t *edge, hr_http_conn_t *conn, const hr_http_request_t
     hr_edge_request_t parsed;
     if (hr_edge_parse_subscription(edge, conn, req, &parsed) != 0)
         return; /* answered with the error */
+    /* A topic whose broker is known to be down cannot be read: say so now rather than after
+     * the wait (the client keeps its cursor and retries). */
+    for (size_t i = 0; i < parsed.n_topics; i++) {
+        if (hr_brokers_count(edge->brokers) == 0 ||
+            !hr_brokers_up(edge->brokers, hr_brokers_owner(edge->brokers, parsed.topics[i],
+                                                           parsed.topic_lens[i]))) {
+            hr_edge_request_free(&parsed);
+            static const hr_http_header_t retry = {"Retry-After", 11, "1", 1};
+            static const char body[] = "{\"error\":{\"code\":\"unavailable\",\"message\":"
+                                       "\"the broker owning a topic of this poll is down\"}}";
+            hr_http_header_t h[2] = {retry, {"Content-Type", 12, "application/json", 16}};
+            hr_http_respond(conn, 503, h, 2, body, sizeof body - 1);
+            return;
+        }
+    }
     hr_poll_t *p = hr_calloc(1, sizeof *p);
     p->edge = edge;
     p->conn = conn;

@@ -226,3 +226,36 @@ def test_too_many_topics(witness_edge):
     body = ok(e.poll(["many.0", "many.1", "many.2", "many.1"], cursor="earliest", wait=0))
     assert sorted(m["topic"] for m in body["messages"]) == ["many.0", "many.1", "many.2"]
     w.check()
+
+
+def test_if_none_match_lists_and_star(witness_edge):
+    # RFC 9110 §13.1.2: a list of entity tags (the first is the one this edge sent) or "*"
+    e, w = witness_edge
+    topic = "inm.t"
+    first = e.publish(topic, b"m1")
+    second = e.publish(topic, b"m2")
+    r = e.poll(topic, wait=0, headers={"If-None-Match": f'W/"{first["id"]}", W/"other"'})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [m["data"] for m in body["messages"]] == ["m2"] and body["reset"] == []
+    assert body["cursor"] == second["id"]
+    # "*" names no position: new messages only, and nothing new is a 304
+    r = e.poll(topic, wait=0, headers={"If-None-Match": "*"})
+    assert r.status_code == 304, r.text
+    w.check()
+
+
+def test_hex_and_infinite_waits_are_refused(witness_edge):
+    e, w = witness_edge
+    for wait in ("0x10", "inf", "nan", "1,5"):
+        r = e.get(f"/v1/poll?topic=hex.t&wait={quote(wait)}")
+        assert_error(r, 400, "invalid_request")
+    w.check()
+
+
+def test_empty_after_in_history_means_earliest(witness_edge):
+    e, _ = witness_edge
+    e.publish("hist.empty", b"h1")
+    r = e.get("/v1/topics/hist.empty/messages?after=")
+    assert r.status_code == 200, r.text
+    assert [m["data"] for m in r.json()["messages"]] == ["h1"]
