@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Install Herald's Debian 12 packages. Usage: scripts/deps.sh build|test
+# Install Herald's Debian 12 packages. Usage: scripts/deps.sh build|test|bench
 #   build: what building and running Herald needs
 #   test:  build, plus what the test suite needs (pytest, pyzmq, protobuf for Python, clang
-#          for the libFuzzer targets)
+#          for the libFuzzer targets, chromium and HAProxy for the browser tests)
+#   bench: build, plus what tests/bench/ compares against and loads with (nginx with the Nchan
+#          module, wrk)
 # Needs root (apt-get). Skips apt entirely when every package is already installed.
 set -euo pipefail
 
@@ -12,10 +14,13 @@ build_pkgs=(build-essential cmake pkg-config libzmq3-dev libczmq-dev libuv1-dev 
 test_pkgs=(libcmocka-dev python3 python3-pytest python3-zmq python3-protobuf protobuf-compiler
   python3-aiohttp python3-requests clang libclang-rt-14-dev clang-format chromium haproxy)
 
+bench_pkgs=(nginx libnginx-mod-nchan wrk python3)
+
 case "${1:-build}" in
   build) pkgs=("${build_pkgs[@]}") ;;
+  bench) pkgs=("${build_pkgs[@]}" "${bench_pkgs[@]}") ;;
   test) pkgs=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
-  *) echo "usage: $0 build|test" >&2; exit 2 ;;
+  *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
 
 # Node.js runs the browser tests (playwright-core from npm drives Debian's chromium). Machines

@@ -42,6 +42,7 @@ lcpu=${EDGE_LOAD_CPU:-1}
 only=${EDGE_ONLY:-}
 nchan_module=/usr/lib/nginx/modules/ngx_nchan_module.so
 [[ -x $broker && -x $edge && -x $load ]] || { echo "build first: cmake --build $build" >&2; exit 1; }
+bash scripts/deps.sh bench >/dev/null  # nginx + Nchan, wrk
 for tool in wrk nginx curl taskset; do
   command -v $tool >/dev/null || { echo "needs $tool" >&2; exit 1; }
 done

@@ -41,6 +41,7 @@ only=${POLL_ONLY:-}
 modes=${POLL_MODES:-durable relaxed nchan}
 nchan_module=/usr/lib/nginx/modules/ngx_nchan_module.so
 [[ -x $broker && -x $edge && -x $load ]] || { echo "build first: cmake --build $build" >&2; exit 1; }
+bash scripts/deps.sh bench >/dev/null  # nginx + Nchan, wrk
 for tool in nginx curl taskset; do
   command -v $tool >/dev/null || { echo "needs $tool" >&2; exit 1; }
 done
