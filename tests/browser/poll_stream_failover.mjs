@@ -1,6 +1,6 @@
 // Herald browser test: long polling and streaming with fetch() survive the loss of their edge.
 //
-// Drives Debian's chromium with playwright-core (launched as in sse_failover.mjs). Opens --url,
+// Drives Debian's chromium with playwright-core (launched by browser.mjs). Opens --url,
 // the page poll_stream.html (served by the test from another origin than the edges'), which
 // runs a long-polling client and a streaming client of one topic through a proxy in front of
 // the edges. Reports on stdout, one JSON object a line, what the test driving it
@@ -18,80 +18,31 @@
 // Usage: node poll_stream_failover.mjs --url URL --user-data-dir DIR --screenshot PNG
 //          [--report-at 10,20] [--expect 30] [--settle-ms 500] [--timeout-ms 60000]
 
-import { chromium } from 'playwright-core';
+import { parseArgs, report, run } from './browser.mjs';
 
-function parseArgs(argv) {
-  const args = { reportAt: '10', expect: 30, settleMs: 500, timeoutMs: 60000 };
-  const names = {
-    '--url': 'url', '--user-data-dir': 'userDataDir', '--screenshot': 'screenshot',
-    '--report-at': 'reportAt', '--expect': 'expect', '--settle-ms': 'settleMs',
-    '--timeout-ms': 'timeoutMs',
-  };
-  for (let i = 2; i < argv.length; i += 2) {
-    const key = names[argv[i]];
-    if (!key || i + 1 >= argv.length) throw new Error(`bad argument ${argv[i]}`);
-    const v = argv[i + 1];
-    args[key] = typeof args[key] === 'number' ? Number(v) : v;
+const args = parseArgs(process.argv, { reportAt: '10', expect: 30, settleMs: 500, timeoutMs: 60000 },
+  { '--report-at': 'reportAt', '--expect': 'expect' });
+args.reportAt = args.reportAt.split(',').filter((s) => s !== '').map(Number);
+
+run(args, async (page, left) => {
+  await page.waitForFunction(() => window.herald.poll.inFlight && window.herald.stream.open,
+    null, { timeout: left(), polling: 50 });
+  report({ event: 'connected' });
+  const both = (n) => window.herald.poll.received.length >= n &&
+    window.herald.stream.received.length >= n;
+  for (const n of args.reportAt) {
+    await page.waitForFunction(both, n, { timeout: left(), polling: 50 });
+    report({ event: 'reached', count: n });
   }
-  for (const k of ['url', 'userDataDir', 'screenshot'])
-    if (!args[k]) throw new Error(`--${k} is required`);
-  args.reportAt = args.reportAt.split(',').filter((s) => s !== '').map(Number);
-  return args;
-}
-
-function report(obj) {
-  process.stdout.write(JSON.stringify(obj) + '\n');
-}
-
-async function main() {
-  const args = parseArgs(process.argv);
-  const deadline = Date.now() + args.timeoutMs;
-  const left = () => Math.max(1, deadline - Date.now());
-  const context = await chromium.launchPersistentContext(args.userDataDir, {
-    executablePath: '/usr/bin/chromium',
-    headless: false, // the new headless mode comes from the flag below
-    args: [
-      '--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
-    timeout: left(),
+  await page.waitForFunction(both, args.expect, { timeout: left(), polling: 50 });
+  await page.waitForTimeout(Math.min(args.settleMs, left()));
+  const state = await page.evaluate(() => {
+    const { poll, stream } = window.herald;
+    return {
+      poll: { received: poll.received, log: poll.log, requests: poll.requests },
+      stream: { received: stream.received, log: stream.log, connects: stream.connects },
+    };
   });
-  const timer = setTimeout(() => {
-    report({ event: 'error', message: `timed out after ${args.timeoutMs} ms` });
-    process.exit(1);
-  }, left());
-  try {
-    const page = context.pages()[0] || await context.newPage();
-    page.on('console', (m) => process.stderr.write(`console.${m.type()}: ${m.text()}\n`));
-    page.on('pageerror', (e) => process.stderr.write(`pageerror: ${e.message}\n`));
-    await page.goto(args.url, { timeout: left() });
-    await page.waitForFunction(() => window.herald.poll.inFlight && window.herald.stream.open,
-      null, { timeout: left(), polling: 50 });
-    report({ event: 'connected' });
-    const both = (n) => window.herald.poll.received.length >= n &&
-      window.herald.stream.received.length >= n;
-    for (const n of args.reportAt) {
-      await page.waitForFunction(both, n, { timeout: left(), polling: 50 });
-      report({ event: 'reached', count: n });
-    }
-    await page.waitForFunction(both, args.expect, { timeout: left(), polling: 50 });
-    await page.waitForTimeout(Math.min(args.settleMs, left()));
-    const state = await page.evaluate(() => {
-      const { poll, stream } = window.herald;
-      return {
-        poll: { received: poll.received, log: poll.log, requests: poll.requests },
-        stream: { received: stream.received, log: stream.log, connects: stream.connects },
-      };
-    });
-    await page.screenshot({ path: args.screenshot, fullPage: true, timeout: left() });
-    report({ event: 'done', ...state, screenshot: args.screenshot });
-  } finally {
-    clearTimeout(timer);
-    await context.close();
-  }
-}
-
-main().then(() => process.exit(0), (e) => {
-  report({ event: 'error', message: String(e && e.stack || e) });
-  process.exit(1);
+  await page.screenshot({ path: args.screenshot, fullPage: true, timeout: left() });
+  report({ event: 'done', ...state, screenshot: args.screenshot });
 });
