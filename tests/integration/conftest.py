@@ -291,12 +291,46 @@ class Client:
 
 # ---- the broker process -------------------------------------------------------------------------
 
-class Broker:
+class HeraldProcess:
+    """What Broker and Edge share: one herald-* process started by the test, its stderr in a
+    file, and ending it by PID. Subclasses set NAME, proc and stderr_path."""
+
+    NAME = "herald"
+
+    def stderr_text(self):
+        if self.stderr_path is None or not self.stderr_path.exists():
+            return ""
+        return self.stderr_path.read_text(errors="replace")
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig=signal.SIGKILL, timeout=10.0):
+        """Send `sig` to the PID and wait for the exit; returns the exit status (negative for a
+        signal)."""
+        os.kill(self.proc.pid, sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            end_process(self.proc)
+            raise AssertionError(f"{self.NAME} did not exit within {timeout} s of {sig!r}:\n"
+                                 f"{self.stderr_text()}")
+
+    def terminate(self, timeout=10.0):
+        """SIGTERM; asserts a clean exit (status 0)."""
+        rc = self.kill(signal.SIGTERM, timeout)
+        assert rc == 0, f"{self.NAME} exited with {rc} on SIGTERM:\n{self.stderr_text()}"
+        return rc
+
+
+class Broker(HeraldProcess):
     """One herald-broker on loopback: --listen and --live on free ports, --data-dir in tmp.
 
     start() waits until it answers a heartbeat; stderr goes to a file per start (stderr_text()).
     kill(), terminate() and restart() keep the data dir and ports.
     """
+
+    NAME = "herald-broker"
 
     def __init__(self, workdir, extra_args=(), data_dir=None, bind_host="127.0.0.1", env=None):
         self.env = env  # environment of the process (None = inherit)
@@ -343,30 +377,6 @@ class Broker:
                     return
         raise AssertionError(f"herald-broker did not answer a heartbeat within {timeout} s:\n"
                              f"{self.stderr_text()}")
-
-    def stderr_text(self):
-        if self.stderr_path is None or not self.stderr_path.exists():
-            return ""
-        return self.stderr_path.read_text(errors="replace")
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self, sig=signal.SIGKILL, timeout=10.0):
-        """Send `sig` and wait for the exit; returns the exit status (negative for a signal)."""
-        os.kill(self.proc.pid, sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            end_process(self.proc)
-            raise AssertionError(f"herald-broker did not exit within {timeout} s of {sig!r}:\n"
-                                 f"{self.stderr_text()}")
-
-    def terminate(self, timeout=10.0):
-        """SIGTERM; asserts a clean exit (status 0)."""
-        rc = self.kill(signal.SIGTERM, timeout)
-        assert rc == 0, f"herald-broker exited with {rc} on SIGTERM:\n{self.stderr_text()}"
-        return rc
 
     def restart(self, extra_args=None, timeout=READY_TIMEOUT_S):
         """Start again on the same data dir and ports (kill first if it still runs)."""
@@ -461,13 +471,15 @@ EDGE_BIN = BUILD_DIR / "edge" / "herald-edge"
 HTTP_TIMEOUT_S = 10.0
 
 
-class Edge:
+class Edge(HeraldProcess):
     """One herald-edge: --listen 127.0.0.1:<free port> --brokers <endpoint> plus extra flags.
 
     start() waits until /readyz answers 200 (or, with ready=False, until /healthz answers, for
     an edge whose broker is not there yet); stderr goes to a file per start (stderr_text()).
     kill(), terminate() and restart() act on the PID and keep the port.
     """
+
+    NAME = "herald-edge"
 
     def __init__(self, workdir, brokers, extra_args=(), port=None):
         self.workdir = Path(workdir)
@@ -520,30 +532,6 @@ class Edge:
             time.sleep(0.05)
         raise AssertionError(f"{path} of the edge did not answer {status} within {timeout} s "
                              f"(last: {last!r}):\n{self.stderr_text()}")
-
-    def stderr_text(self):
-        if self.stderr_path is None or not self.stderr_path.exists():
-            return ""
-        return self.stderr_path.read_text(errors="replace")
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self, sig=signal.SIGKILL, timeout=10.0):
-        """Send `sig` to the PID and wait for the exit; returns the exit status."""
-        os.kill(self.proc.pid, sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            end_process(self.proc)
-            raise AssertionError(f"herald-edge did not exit within {timeout} s of {sig!r}:\n"
-                                 f"{self.stderr_text()}")
-
-    def terminate(self, timeout=10.0):
-        """SIGTERM; asserts a clean exit (status 0)."""
-        rc = self.kill(signal.SIGTERM, timeout)
-        assert rc == 0, f"herald-edge exited with {rc} on SIGTERM:\n{self.stderr_text()}"
-        return rc
 
     def restart(self, extra_args=None, ready=True, timeout=READY_TIMEOUT_S):
         if self.alive():
