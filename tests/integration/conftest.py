@@ -296,6 +296,18 @@ class HeraldProcess:
     file, and ending it by PID. Subclasses set NAME, proc and stderr_path."""
 
     NAME = "herald"
+    ended_by_test = False  # set by kill()/terminate(); start() clears it
+
+    def report_unexpected_exit(self):
+        """At teardown: a process that exited on its own (a crash) leaves its stderr in the test
+        output and in /tmp/herald-unexpected-exit-<pid>.log, so a rare failure can be read."""
+        if self.proc is None or self.proc.poll() is None or self.ended_by_test:
+            return
+        text = self.stderr_text()
+        path = Path(f"/tmp/herald-unexpected-exit-{self.proc.pid}.log")
+        path.write_text(f"{self.NAME} exited with {self.proc.returncode}\n{text}")
+        print(f"\n{self.NAME} (pid {self.proc.pid}) exited on its own with "
+              f"{self.proc.returncode}; stderr kept in {path}:\n{text[-4000:]}", file=sys.stderr)
 
     def stderr_text(self):
         if self.stderr_path is None or not self.stderr_path.exists():
@@ -308,6 +320,7 @@ class HeraldProcess:
     def kill(self, sig=signal.SIGKILL, timeout=10.0):
         """Send `sig` to the PID and wait for the exit; returns the exit status (negative for a
         signal)."""
+        self.ended_by_test = True
         os.kill(self.proc.pid, sig)
         try:
             return self.proc.wait(timeout=timeout)
@@ -353,6 +366,7 @@ class Broker(HeraldProcess):
                 "--data-dir", str(self.data_dir), *self.extra_args]
 
     def start(self, timeout=READY_TIMEOUT_S):
+        self.ended_by_test = False
         assert self.proc is None or self.proc.poll() is not None, "broker already running"
         self.starts += 1
         self.stderr_path = self.workdir / f"broker-stderr-{self.starts}.log"
@@ -506,6 +520,7 @@ class Edge(HeraldProcess):
         return self.base + path
 
     def start(self, ready=True, timeout=READY_TIMEOUT_S):
+        self.ended_by_test = False
         assert self.proc is None or self.proc.poll() is not None, "edge already running"
         self.starts += 1
         self.stderr_path = self.workdir / f"edge-stderr-{self.starts}.log"
@@ -660,6 +675,7 @@ def edge_factory(tmp_path):
 
     yield make
     for e in started:
+        e.report_unexpected_exit()
         e.stop()
 
 
