@@ -17,6 +17,7 @@
 #include "stream.h"
 #include "sub.h"
 #include "topic.h"
+#include "ws.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -40,7 +41,7 @@
 extern const unsigned char hr_page_html[];
 extern const unsigned long hr_page_html_len;
 
-const char *const hr_transport_names[HR_TRANSPORT_COUNT] = {"sse", "poll", "stream"};
+const char *const hr_transport_names[HR_TRANSPORT_COUNT] = {"sse", "poll", "stream", "ws"};
 
 const double hr_latency_bounds_ms[HR_LATENCY_BUCKETS] = {0.5, 1,   2.5, 5,   10,   25,
                                                          50,  100, 250, 500, 1000, 2500};
@@ -272,7 +273,7 @@ static void hr_publish_on_close(void *arg)
     hr_publish_free(p);
 }
 
-static json_t *hr_publish_result_json(const char *topic, const Herald__V1__PublishResult *r)
+json_t *hr_edge_publish_result_json(const char *topic, const Herald__V1__PublishResult *r)
 {
     char id[HR_CURSOR_TEXT_CAP(1)], epoch[17];
     hr_cursor_format_one(topic, strlen(topic), r->epoch, r->seq, id, sizeof id, NULL);
@@ -303,12 +304,12 @@ static void hr_publish_on_reply(void *arg, int status, const hr_reply_t *reply)
         edge->metrics.messages_in += p->n;
         json_t *body;
         if (p->single) {
-            body = hr_publish_result_json(p->topics[0], reply->publish->results[0]);
+            body = hr_edge_publish_result_json(p->topics[0], reply->publish->results[0]);
         } else {
             json_t *list = json_array();
             for (size_t i = 0; i < p->n; i++)
                 json_array_append_new(
-                    list, hr_publish_result_json(p->topics[i], reply->publish->results[i]));
+                    list, hr_edge_publish_result_json(p->topics[i], reply->publish->results[i]));
             body = json_pack("{s:o}", "messages", list);
         }
         hr_respond_json(p->conn, 201, body, NULL, 0);
@@ -342,39 +343,86 @@ static void hr_publish_send(hr_edge_t *edge, hr_http_conn_t *conn, hr_publish_t 
     hr_http_conn_set_close_cb(conn, hr_publish_on_close, p);
 }
 
-/* Validate one message's fields; answers the request and returns nonzero on a problem. */
-static int hr_publish_validate(hr_edge_t *edge, hr_http_conn_t *conn, const char *topic,
-                               size_t topic_len, const char *event, size_t event_len,
-                               const char *ctype, size_t ctype_len, size_t key_len, size_t data_len,
-                               size_t index, bool batch)
+int hr_edge_publish_check(hr_edge_t *edge, const Herald__V1__PublishMessage *m, const char **code,
+                          char *why, size_t cap)
 {
-    char why[192], msg[256];
-    const char *code = NULL;
-    int status = 400;
-    if (hr_topic_validate(topic, topic_len, why, sizeof why) != 0) {
-        code = "invalid_topic";
-    } else if (hr_event_validate(event, event_len, why, sizeof why) != 0) {
-        code = "invalid_request";
-    } else if (hr_content_type_validate(ctype, ctype_len, why, sizeof why) != 0) {
-        code = "invalid_request";
-    } else if (key_len > HR_IDEM_KEY_MAX) {
-        code = "invalid_request";
-        snprintf(why, sizeof why, "idempotency key is %zu bytes; the limit is %d", key_len,
-                 HR_IDEM_KEY_MAX);
-    } else if (data_len > (size_t)edge->config.max_data_bytes) {
-        code = "payload_too_large";
-        status = 413;
-        snprintf(why, sizeof why, "data is %zu bytes; the limit is %lld", data_len,
-                 (long long)edge->config.max_data_bytes);
+    *code = "invalid_request";
+    if (hr_topic_validate((const char *)m->topic.data, m->topic.len, why, cap) != 0) {
+        *code = "invalid_topic";
+        return 400;
     }
-    if (code == NULL)
+    if (hr_event_validate((const char *)m->event.data, m->event.len, why, cap) != 0 ||
+        hr_content_type_validate((const char *)m->content_type.data, m->content_type.len, why,
+                                 cap) != 0)
+        return 400;
+    if (m->idempotency_key.len > HR_IDEM_KEY_MAX) {
+        snprintf(why, cap, "idempotency key is %zu bytes; the limit is %d", m->idempotency_key.len,
+                 HR_IDEM_KEY_MAX);
+        return 400;
+    }
+    if (m->data.len > (size_t)edge->config.max_data_bytes) {
+        *code = "payload_too_large";
+        snprintf(why, cap, "data is %zu bytes; the limit is %lld", m->data.len,
+                 (long long)edge->config.max_data_bytes);
+        return 413;
+    }
+    return 0;
+}
+
+/* A string member of a JSON message, or "" when absent or null; -1 when not a string. */
+static int hr_json_str(json_t *obj, const char *key, const char **s, size_t *len)
+{
+    json_t *v = json_object_get(obj, key);
+    *s = "";
+    *len = 0;
+    if (v == NULL || json_is_null(v))
         return 0;
-    if (batch)
-        snprintf(msg, sizeof msg, "message %zu: %s", index, why);
-    else
-        snprintf(msg, sizeof msg, "%s", why);
-    hr_http_respond_error(conn, status, code, msg);
-    return -1;
+    if (!json_is_string(v))
+        return -1;
+    *s = json_string_value(v);
+    *len = json_string_length(v);
+    return 0;
+}
+
+int hr_edge_publish_from_json(hr_edge_t *edge, json_t *obj, Herald__V1__PublishMessage *m,
+                              uint8_t **decoded, const char **code, char *why, size_t cap)
+{
+    const char *topic, *data, *event, *ctype, *enc, *key;
+    size_t topic_len, data_len, event_len, ctype_len, enc_len, key_len;
+    *decoded = NULL;
+    *code = "invalid_request";
+    if (!json_is_object(obj) || hr_json_str(obj, "topic", &topic, &topic_len) != 0 ||
+        hr_json_str(obj, "data", &data, &data_len) != 0 ||
+        hr_json_str(obj, "event", &event, &event_len) != 0 ||
+        hr_json_str(obj, "content_type", &ctype, &ctype_len) != 0 ||
+        hr_json_str(obj, "encoding", &enc, &enc_len) != 0 ||
+        hr_json_str(obj, "idempotency_key", &key, &key_len) != 0) {
+        snprintf(why, cap,
+                 "expected an object whose fields (topic, data, event, content_type, "
+                 "encoding, idempotency_key) are strings");
+        return 400;
+    }
+    if (json_object_get(obj, "data") == NULL) {
+        snprintf(why, cap, "data is missing");
+        return 400;
+    }
+    if (enc_len > 0) {
+        size_t raw_len;
+        if (strcmp(enc, "base64") != 0 ||
+            hr_base64_decode(data, data_len, decoded, &raw_len) != 0) {
+            snprintf(why, cap, "encoding must be \"base64\" with base64 data");
+            return 400;
+        }
+        data = (const char *)*decoded;
+        data_len = raw_len;
+    }
+    herald__v1__publish_message__init(m);
+    m->topic = (ProtobufCBinaryData){topic_len, (uint8_t *)topic};
+    m->data = (ProtobufCBinaryData){data_len, (uint8_t *)data};
+    m->event = (ProtobufCBinaryData){event_len, (uint8_t *)event};
+    m->content_type = (ProtobufCBinaryData){ctype_len, (uint8_t *)ctype};
+    m->idempotency_key = (ProtobufCBinaryData){key_len, (uint8_t *)key};
+    return hr_edge_publish_check(edge, m, code, why, cap);
 }
 
 /* POST /v1/topics/{topic}/messages: the body is the data. */
@@ -415,15 +463,19 @@ static void hr_api_publish_one(hr_edge_t *edge, hr_http_conn_t *conn, const hr_h
         ctype = "";
     if (key == NULL)
         key = "";
-    if (hr_publish_validate(edge, conn, topic, topic_len, event, event_len, ctype, ctype_len,
-                            key_len, req->body_len, 0, false) != 0)
-        return;
     Herald__V1__PublishMessage m = HERALD__V1__PUBLISH_MESSAGE__INIT;
     m.topic = (ProtobufCBinaryData){topic_len, (uint8_t *)topic};
     m.event = (ProtobufCBinaryData){event_len, (uint8_t *)event};
     m.content_type = (ProtobufCBinaryData){ctype_len, (uint8_t *)ctype};
     m.data = (ProtobufCBinaryData){req->body_len, (uint8_t *)req->body};
     m.idempotency_key = (ProtobufCBinaryData){key_len, (uint8_t *)key};
+    const char *code;
+    char why[192];
+    int status = hr_edge_publish_check(edge, &m, &code, why, sizeof why);
+    if (status != 0) {
+        hr_http_respond_error(conn, status, code, why);
+        return;
+    }
     Herald__V1__PublishMessage *msgs[1] = {&m};
     hr_publish_t *p = hr_calloc(1, sizeof *p);
     p->n = 1;
@@ -431,21 +483,6 @@ static void hr_api_publish_one(hr_edge_t *edge, hr_http_conn_t *conn, const hr_h
     p->topics = hr_calloc(1, sizeof *p->topics);
     p->topics[0] = hr_strndup(topic, topic_len);
     hr_publish_send(edge, conn, p, msgs, 1);
-}
-
-/* A string member of a batch message, or "" when absent; -1 when present but not a string. */
-static int hr_json_str(json_t *obj, const char *key, const char **s, size_t *len)
-{
-    json_t *v = json_object_get(obj, key);
-    *s = "";
-    *len = 0;
-    if (v == NULL || json_is_null(v))
-        return 0;
-    if (!json_is_string(v))
-        return -1;
-    *s = json_string_value(v);
-    *len = json_string_length(v);
-    return 0;
 }
 
 /* POST /v1/messages: {"messages":[{topic, data, event, content_type, encoding,
@@ -481,35 +518,17 @@ static void hr_api_publish_batch(hr_edge_t *edge, hr_http_conn_t *conn,
     p->n = n;
     uint32_t owner = 0;
     for (size_t i = 0; i < n; i++) {
-        json_t *o = json_array_get(list, i);
-        const char *topic, *data, *event, *ctype, *enc, *key;
-        size_t topic_len, data_len, event_len, ctype_len, enc_len, key_len;
-        if (!json_is_object(o) || hr_json_str(o, "topic", &topic, &topic_len) != 0 ||
-            hr_json_str(o, "data", &data, &data_len) != 0 ||
-            hr_json_str(o, "event", &event, &event_len) != 0 ||
-            hr_json_str(o, "content_type", &ctype, &ctype_len) != 0 ||
-            hr_json_str(o, "encoding", &enc, &enc_len) != 0 ||
-            hr_json_str(o, "idempotency_key", &key, &key_len) != 0) {
-            snprintf(why, sizeof why, "message %zu: expected an object whose fields are strings",
-                     i);
-            hr_http_respond_error(conn, 400, "invalid_request", why);
+        const char *code;
+        char one[192];
+        int status = hr_edge_publish_from_json(edge, json_array_get(list, i), &ms[i], &decoded[i],
+                                               &code, one, sizeof one);
+        if (status != 0) {
+            snprintf(why, sizeof why, "message %zu: %s", i, one);
+            hr_http_respond_error(conn, status, code, why);
             goto done;
         }
-        if (enc_len > 0) {
-            size_t raw_len;
-            if (strcmp(enc, "base64") != 0 ||
-                hr_base64_decode(data, data_len, &decoded[i], &raw_len) != 0) {
-                snprintf(why, sizeof why,
-                         "message %zu: encoding must be \"base64\" with base64 data", i);
-                hr_http_respond_error(conn, 400, "invalid_request", why);
-                goto done;
-            }
-            data = (const char *)decoded[i];
-            data_len = raw_len;
-        }
-        if (hr_publish_validate(edge, conn, topic, topic_len, event, event_len, ctype, ctype_len,
-                                key_len, data_len, i, true) != 0)
-            goto done;
+        const char *topic = (const char *)ms[i].topic.data;
+        size_t topic_len = ms[i].topic.len;
         uint32_t o_i = hr_brokers_count(edge->brokers) > 0
                            ? hr_brokers_owner(edge->brokers, topic, topic_len)
                            : 0;
@@ -523,12 +542,6 @@ static void hr_api_publish_batch(hr_edge_t *edge, hr_http_conn_t *conn,
             goto done;
         }
         owner = o_i;
-        herald__v1__publish_message__init(&ms[i]);
-        ms[i].topic = (ProtobufCBinaryData){topic_len, (uint8_t *)topic};
-        ms[i].data = (ProtobufCBinaryData){data_len, (uint8_t *)data};
-        ms[i].event = (ProtobufCBinaryData){event_len, (uint8_t *)event};
-        ms[i].content_type = (ProtobufCBinaryData){ctype_len, (uint8_t *)ctype};
-        ms[i].idempotency_key = (ProtobufCBinaryData){key_len, (uint8_t *)key};
         ptrs[i] = &ms[i];
         p->topics[i] = hr_strndup(topic, topic_len);
     }
@@ -765,6 +778,18 @@ static void hr_api_metrics(hr_edge_t *edge, hr_http_conn_t *conn)
         hr_metric(&buf, &len, &cap, "herald_edge_deliveries_total{transport=\"%s\"} %llu\n",
                   hr_transport_names[t], (unsigned long long)m->deliveries[t]);
     GAUGE("herald_edge_long_polls_held", "Long polls waiting for a message.", m->polls_held);
+    GAUGE("herald_edge_ws_connections", "Open WebSocket connections.", m->ws_connections);
+    COUNTER("herald_edge_ws_frames_in_total", "WebSocket text messages received.", m->ws_frames_in);
+    COUNTER("herald_edge_ws_publishes_total", "Messages published over WebSocket.",
+            m->ws_publishes);
+    COUNTER("herald_edge_ws_publish_errors_total",
+            "WebSocket publishes answered with an error by the broker or for its absence.",
+            m->ws_publish_errors);
+    COUNTER("herald_edge_ws_protocol_errors_total",
+            "WebSocket connections closed for a protocol error (1002, 1003, 1007, 1009).",
+            m->ws_protocol_errors);
+    COUNTER("herald_edge_ws_ping_timeouts_total",
+            "WebSocket connections dropped for an unanswered ping.", m->ws_ping_timeouts);
     GAUGE("herald_edge_http_connections", "Open HTTP connections.",
           hr_http_server_connections(edge->http));
     GAUGE("herald_edge_topics", "Topics with local subscribers.",
@@ -890,10 +915,15 @@ static const struct {
     const char *method;
     hr_route_fn fn;
 } hr_routes[] = {
-    {"/v1/sse", "GET", hr_sse_open},       {"/v1/poll", "GET", hr_poll_open},
-    {"/v1/stream", "GET", hr_stream_open}, {"/v1/messages", "POST", hr_route_batch},
-    {"/healthz", "GET", hr_route_healthz}, {"/readyz", "GET", hr_route_readyz},
-    {"/metrics", "GET", hr_route_metrics}, {"/", "GET", hr_route_page},
+    {"/v1/sse", "GET", hr_sse_open},
+    {"/v1/poll", "GET", hr_poll_open},
+    {"/v1/stream", "GET", hr_stream_open},
+    {"/v1/ws", "GET", hr_ws_open},
+    {"/v1/messages", "POST", hr_route_batch},
+    {"/healthz", "GET", hr_route_healthz},
+    {"/readyz", "GET", hr_route_readyz},
+    {"/metrics", "GET", hr_route_metrics},
+    {"/", "GET", hr_route_page},
     {"/index.html", "GET", hr_route_page},
 };
 

@@ -39,6 +39,11 @@ typedef struct {
     int64_t fetch_page;        /* messages per history fetch while catching up */
     int64_t drain_grace;       /* ms to keep serving after SIGTERM before closing clients */
     int64_t hwm;               /* ZeroMQ SUB high-water mark, messages */
+    int64_t queue_messages;    /* per-subscriber outgoing queue bound, messages */
+    int64_t ws_max_message;    /* bytes, largest WebSocket message accepted */
+    int64_t ws_ping_interval;  /* ms between WebSocket pings; 0 = none */
+    int64_t ws_ping_timeout;   /* ms to wait for the pong */
+    int64_t ws_max_inflight;   /* WebSocket publishes awaiting commit per connection */
 } hr_edge_config_t;
 
 extern const hr_option_t hr_edge_options[];
@@ -52,10 +57,11 @@ typedef enum {
     HR_TRANSPORT_SSE = 0,
     HR_TRANSPORT_POLL,
     HR_TRANSPORT_STREAM,
+    HR_TRANSPORT_WS,
     HR_TRANSPORT_COUNT
 } hr_transport_id_t;
 
-/* "sse", "poll", "stream": metric labels, by hr_transport_id_t. */
+/* "sse", "poll", "stream", "ws": metric labels, by hr_transport_id_t. */
 extern const char *const hr_transport_names[HR_TRANSPORT_COUNT];
 
 typedef struct {
@@ -71,7 +77,13 @@ typedef struct {
     uint64_t latency_buckets[HR_LATENCY_BUCKETS + 1]; /* publish commit latency, +Inf last */
     double latency_sum_ms;
     uint64_t http_requests;
-    uint64_t polls_held; /* long polls waiting for a message (gauge) */
+    uint64_t polls_held;         /* long polls waiting for a message (gauge) */
+    uint64_t ws_connections;     /* open WebSocket connections (gauge) */
+    uint64_t ws_frames_in;       /* text messages received */
+    uint64_t ws_publishes;       /* messages published over WebSocket, sent to a broker */
+    uint64_t ws_publish_errors;  /* of those, not committed (answered with an error) */
+    uint64_t ws_protocol_errors; /* connections closed for a protocol error or binary frame */
+    uint64_t ws_ping_timeouts;   /* connections closed for an unanswered ping */
 } hr_edge_metrics_t;
 
 typedef struct hr_registry hr_registry_t;

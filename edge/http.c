@@ -142,6 +142,8 @@ struct hr_http_conn {
     const char *feed_base; /* start of the bytes given to the current llhttp_execute */
     void (*close_cb)(void *arg);
     void *close_arg;
+    hr_http_read_cb read_cb; /* an upgraded connection's input */
+    void *read_arg;
     uint8_t state; /* enum http_state */
     uint8_t tq;    /* enum http_tq */
     uint8_t fail;  /* enum http_fail, set by a callback that stops the parser */
@@ -150,6 +152,7 @@ struct hr_http_conn {
     bool read_stopped : 1; /* uv_read_stop while too much input is buffered */
     bool discarded : 1;    /* input arrived during a stream and was thrown away */
     bool chunked : 1;      /* the stream uses chunked coding */
+    bool upgraded : 1;     /* a 101 was sent: input belongs to read_cb */
     union {
         struct sockaddr sa;
         struct sockaddr_in in4;
@@ -1038,7 +1041,16 @@ static void http_dispatch(hr_http_conn_t *conn)
 /* Keep what is left of the input for later, or drop it, according to the state. */
 static void http_keep(hr_http_conn_t *conn, const char *data, size_t len)
 {
-    bool keep = conn->state == HTTP_HANDLING || conn->state == HTTP_RESPONDING;
+    bool keep = conn->state == HTTP_HANDLING || conn->state == HTTP_RESPONDING ||
+                (conn->upgraded && conn->read_cb == NULL && conn->state == HTTP_STREAMING);
+    if (len > 0 && conn->upgraded && conn->read_cb != NULL && conn->state == HTTP_STREAMING) {
+        /* Bytes that followed the upgrade request in the same read belong to the new protocol.
+         * They may live in conn->in: hand them over before releasing it. */
+        conn->in_input = true;
+        conn->read_cb(conn->read_arg, data, len);
+        conn->in_input = false;
+        len = 0;
+    }
     if (len == 0 || !keep) {
         if (len > 0 && conn->state == HTTP_STREAMING)
             conn->discarded = true;
@@ -1147,7 +1159,10 @@ static void http_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
         }
         break;
     case HTTP_STREAMING:
-        conn->discarded = true;
+        if (conn->upgraded && conn->read_cb != NULL)
+            conn->read_cb(conn->read_arg, buf->base, (size_t)nread);
+        else
+            conn->discarded = true;
         break;
     default: /* lingering: discard */
         break;
@@ -1431,9 +1446,11 @@ void hr_http_stream_start(hr_http_conn_t *conn, int status, const hr_http_header
     if (conn->state == HTTP_CLOSING)
         return;
     conn->state = HTTP_STREAMING;
+    conn->upgraded = status == 101;
     /* Pipelined bytes already buffered cannot be answered in order any more. (Inside
-     * http_input its loop drops them.) */
-    if (conn->in_len > 0 && !conn->in_input) {
+     * http_input its loop drops them.) After a 101 they are the new protocol's: kept for the
+     * read callback. */
+    if (conn->in_len > 0 && !conn->in_input && !conn->upgraded) {
         conn->discarded = true;
         hr_free(conn->in);
         conn->in = NULL;
@@ -1528,6 +1545,39 @@ void hr_http_stream_end(hr_http_conn_t *conn)
 void hr_http_close(hr_http_conn_t *conn)
 {
     http_conn_close(conn);
+}
+
+void hr_http_conn_set_read_cb(hr_http_conn_t *conn, hr_http_read_cb cb, void *arg)
+{
+    if (!conn->upgraded || conn->state != HTTP_STREAMING)
+        return;
+    conn->read_cb = cb;
+    conn->read_arg = arg;
+    if (cb != NULL && conn->in_len > 0 && !conn->in_input) {
+        char *in = conn->in;
+        size_t len = conn->in_len;
+        conn->in = NULL;
+        conn->in_len = conn->in_cap = 0;
+        cb(arg, in, len);
+        hr_free(in);
+    }
+}
+
+bool hr_http_conn_origin_allowed(const hr_http_conn_t *conn, const char *origin, size_t len)
+{
+    return http_origin_allowed(conn->server, origin, len);
+}
+
+void hr_http_conn_pause_reading(hr_http_conn_t *conn, bool pause)
+{
+    if (conn->state != HTTP_STREAMING || !conn->upgraded)
+        return;
+    if (pause && !conn->read_stopped) {
+        uv_read_stop((uv_stream_t *)&conn->tcp);
+        conn->read_stopped = true;
+    } else if (!pause) {
+        http_read_start(conn);
+    }
 }
 
 void hr_http_conn_set_close_cb(hr_http_conn_t *conn, void (*cb)(void *arg), void *arg)

@@ -165,6 +165,27 @@ void hr_http_stream_end(hr_http_conn_t *conn);
 /* Close the connection now (pending writes are dropped; their `done` runs with an error). */
 void hr_http_close(hr_http_conn_t *conn);
 
+/* Input of an upgraded connection: `len` bytes (> 0) at `data`, valid during the call. */
+typedef void (*hr_http_read_cb)(void *arg, const char *data, size_t len);
+
+/*
+ * After hr_http_stream_start with status 101 (RFC 9110 §15.2.2), the connection's bytes belong
+ * to the new protocol: every byte received from then on — including any that arrived with the
+ * upgrade request — is handed to `cb(arg, ...)` in order. Bytes already buffered are handed
+ * over from inside this call (or, when called from the request handler, as soon as the handler
+ * returns). EOF and errors still close the connection (the close callback runs). Does nothing
+ * on a connection that was not upgraded.
+ */
+void hr_http_conn_set_read_cb(hr_http_conn_t *conn, hr_http_read_cb cb, void *arg);
+
+/* True when `origin` (`len` bytes, as in an Origin header) is among the server's allowed
+ * origins (cors_origins; "*" allows any). */
+bool hr_http_conn_origin_allowed(const hr_http_conn_t *conn, const char *origin, size_t len);
+
+/* Stop (true) or resume (false) reading an upgraded connection: backpressure on a peer that
+ * sends faster than its answers are taken. While paused, EOF is not noticed either. */
+void hr_http_conn_pause_reading(hr_http_conn_t *conn, bool pause);
+
 /* Set the callback run once when the connection closes for any reason while a request is being
  * handled (client went away, timeout, hr_http_close, server destroy). Pass NULL to clear it
  * (do so when the request is finished normally). If it is still set when the request is finished

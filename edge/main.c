@@ -8,6 +8,7 @@
 #include "outq.h"
 #include "polling.h"
 #include "sub.h"
+#include "ws.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -67,6 +68,16 @@ const hr_option_t hr_edge_options[] = {
         "ms to keep serving after SIGTERM (readyz false) before giving clients their cursors"),
     OPT("hwm", HR_OPT_INT, "100000", 0, INT32_MAX, hwm,
         "ZeroMQ high-water mark for live messages, messages"),
+    OPT("queue-messages", HR_OPT_INT, "10000", 1, 100000000, queue_messages,
+        "per-subscriber outgoing queue bound, messages; a client past it is cut off"),
+    OPT("ws-max-message", HR_OPT_BYTES, "2M", 1024, 1024 * 1048576LL, ws_max_message,
+        "largest WebSocket message accepted, bytes (larger: close 1009)"),
+    OPT("ws-ping-interval", HR_OPT_INT, "20000", 0, 3600000, ws_ping_interval,
+        "ms between WebSocket pings to each client; 0 disables them"),
+    OPT("ws-ping-timeout", HR_OPT_INT, "10000", 10, 3600000, ws_ping_timeout,
+        "ms a WebSocket client has to answer a ping before the connection is dropped"),
+    OPT("ws-max-inflight", HR_OPT_INT, "1024", 1, 1000000, ws_max_inflight,
+        "WebSocket publishes awaiting their commit per connection; reading pauses beyond"),
     OPT("log-level", HR_OPT_STRING, "info", 0, 0, log_level, "debug, info, warn or error"),
 #undef OPT
 };
@@ -127,6 +138,7 @@ static void hr_main_on_drain_timer(uv_timer_t *timer)
         m->stage = 2;
         hr_http_server_stop_accepting(edge->http);
         hr_registry_shutdown(edge->registry, (uint64_t)edge->config.retry);
+        hr_ws_shutdown_all((uint64_t)edge->config.retry);
         HR_INFO(MOD, "event=closing_clients connections=%zu",
                 hr_http_server_connections(edge->http));
         uv_timer_start(timer, hr_main_on_drain_timer, 50, 50);

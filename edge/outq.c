@@ -25,6 +25,7 @@ typedef struct hr_outq_batch {
     hr_outq_piece_t *pieces;
     size_t n_pieces, cap_pieces;
     size_t bytes;
+    size_t messages; /* messages (deliveries) among the pieces */
 } hr_outq_batch_t;
 
 typedef enum {
@@ -40,9 +41,10 @@ struct hr_outq {
     const hr_outq_framing_t *framing;
     void *framing_data;
     hr_outq_state_t state;
-    hr_outq_batch_t *queue; /* not yet written; NULL when empty */
-    size_t inflight;        /* batches handed to the connection, not yet done */
-    hr_outq_t *dirty_next;  /* in the flush list while dirty */
+    hr_outq_batch_t *queue;   /* not yet written; NULL when empty */
+    size_t inflight;          /* batches handed to the connection, not yet done */
+    size_t inflight_messages; /* messages in those batches */
+    hr_outq_t *dirty_next;    /* in the flush list while dirty */
     bool dirty;
     uv_timer_t grace; /* closes a cut-off client that does not take its last bytes */
     bool grace_started;
@@ -131,6 +133,11 @@ static size_t hr_outq_pending_bytes(const hr_outq_t *q)
            (q->conn != NULL ? hr_http_pending_bytes(q->conn) : 0);
 }
 
+size_t hr_outq_queued_bytes(const hr_outq_t *q)
+{
+    return hr_outq_pending_bytes(q);
+}
+
 size_t hr_outq_pending(hr_subscriber_t *sub)
 {
     return hr_outq_pending_bytes(hr_subscriber_data(sub));
@@ -169,12 +176,13 @@ static void hr_outq_on_grace(uv_timer_t *timer)
 static void hr_outq_on_close(void *arg);
 
 /* Stop queueing; end the stream once what is queued is written, or close after the grace. */
-static void hr_outq_cut_off(hr_outq_t *q)
+void hr_outq_cut_off(hr_outq_t *q)
 {
     if (q->state != HR_OUTQ_OPEN)
         return;
     q->state = HR_OUTQ_CUT_OFF;
-    hr_subscriber_stop(q->sub);
+    if (q->sub != NULL)
+        hr_subscriber_stop(q->sub);
     if (!q->grace_started) {
         uv_timer_init(q->edge->loop, &q->grace);
         q->grace.data = q;
@@ -203,6 +211,8 @@ static void hr_outq_on_close(void *arg)
     q->state = HR_OUTQ_CLOSED;
     q->conn = NULL;
     hr_subscriber_destroy(&q->sub);
+    if (q->framing->closed != NULL)
+        q->framing->closed(q);
     if (q->queue != NULL) {
         hr_outq_batch_free(q->queue);
         q->queue = NULL;
@@ -222,18 +232,24 @@ static void hr_outq_after_write(hr_outq_t *q)
             hr_outq_end(q);
         return;
     }
-    if (hr_outq_pending_bytes(q) <= (size_t)q->edge->config.queue_bytes / 2)
+    if (hr_outq_pending_bytes(q) > (size_t)q->edge->config.queue_bytes / 2)
+        return;
+    if (q->sub != NULL)
         hr_subscriber_on_drain(q->sub);
+    if (q->framing->drained != NULL)
+        q->framing->drained(q);
 }
 
 static void hr_outq_on_written(void *arg, int status)
 {
     hr_outq_batch_t *b = arg;
     hr_outq_t *q = b->q;
+    size_t messages = b->messages;
     hr_outq_batch_free(b);
     if (q == NULL)
         return;
     q->inflight--;
+    q->inflight_messages -= messages;
     if (q->state == HR_OUTQ_CLOSED) {
         hr_outq_free_if_done(q);
         return;
@@ -263,6 +279,7 @@ static void hr_outq_write_queued(hr_outq_t *q)
         hr_free(bufs);
     if (rc == 0) {
         q->inflight++;
+        q->inflight_messages += b->messages;
         return;
     }
     hr_outq_batch_free(b); /* written at once (1), or the connection is closing */
@@ -305,7 +322,9 @@ static bool hr_outq_over_limit(hr_outq_t *q)
     if (q->queue != NULL && q->queue->bytes >= (size_t)q->edge->config.queue_bytes / 4 &&
         q->conn != NULL)
         hr_outq_write_queued(q);
-    return hr_outq_pending_bytes(q) > (size_t)q->edge->config.queue_bytes;
+    size_t messages = q->inflight_messages + (q->queue != NULL ? q->queue->messages : 0);
+    return hr_outq_pending_bytes(q) > (size_t)q->edge->config.queue_bytes ||
+           messages >= (size_t)q->edge->config.queue_messages;
 }
 
 /* ---- the transport functions --------------------------------------------------------------- */
@@ -320,10 +339,14 @@ int hr_outq_deliver(hr_subscriber_t *sub, hr_msg_t *msg, const char *cursor, siz
         HR_INFO(MOD, "event=slow_client transport=%s peer=%s pending_bytes=%zu",
                 hr_subscriber_transport(sub)->name, hr_http_conn_peer(q->conn),
                 hr_outq_pending_bytes(q));
+        if (q->framing->slow != NULL)
+            hr_outq_final_json(q, q->framing->slow, "slow_consumer", 0);
         hr_outq_cut_off(q);
         return -ENOBUFS;
     }
     q->framing->message(q, msg, cursor, cursor_len);
+    if (q->queue != NULL)
+        q->queue->messages++;
     return 0;
 }
 
@@ -349,41 +372,78 @@ void hr_outq_heartbeat(hr_subscriber_t *sub)
         q->framing->heartbeat(q);
 }
 
-void hr_outq_shutdown(hr_subscriber_t *sub, uint64_t retry_ms)
+void hr_outq_final_json(hr_outq_t *q,
+                        void (*emit)(hr_outq_t *q, const char *json, const char *cursor,
+                                     size_t cursor_len, uint64_t retry_ms),
+                        const char *reason, uint64_t retry_ms)
 {
-    hr_outq_t *q = hr_subscriber_data(sub);
-    if (q->state != HR_OUTQ_OPEN)
-        return;
-    size_t len;
-    const char *cursor = hr_subscriber_cursor(sub, &len);
-    json_t *j = json_pack("{s:s, s:s%, s:I}", "type", "shutdown", "cursor", cursor, len, "retry_ms",
-                          (json_int_t)retry_ms);
+    size_t len = 0;
+    const char *cursor = q->sub != NULL ? hr_subscriber_cursor(q->sub, &len) : "";
+    json_t *j = json_pack("{s:s, s:s%, s:I, s:s}", "type", "shutdown", "cursor", cursor, len,
+                          "retry_ms", (json_int_t)retry_ms, "reason", reason);
     char *text = json_dumps(j, JSON_COMPACT);
     json_decref(j);
-    q->framing->shutdown(q, text, cursor, len, retry_ms);
+    emit(q, text, cursor, len, retry_ms);
     free(text);
+}
+
+void hr_outq_close_with(hr_outq_t *q, uint64_t retry_ms)
+{
+    if (q->state != HR_OUTQ_OPEN)
+        return;
+    hr_outq_final_json(q, q->framing->shutdown, "draining", retry_ms);
     hr_outq_cut_off(q);
+}
+
+void hr_outq_shutdown(hr_subscriber_t *sub, uint64_t retry_ms)
+{
+    hr_outq_close_with(hr_subscriber_data(sub), retry_ms);
 }
 
 /* ---- opening ------------------------------------------------------------------------------ */
 
-hr_outq_t *hr_outq_open(hr_edge_t *edge, hr_http_conn_t *conn, const hr_transport_t *transport,
-                        const hr_outq_framing_t *framing, void *framing_data,
-                        const hr_http_header_t *headers, size_t n_headers, bool chunked,
-                        const char *preamble, size_t preamble_len, const hr_edge_request_t *parsed)
+hr_outq_t *hr_outq_new(hr_edge_t *edge, hr_http_conn_t *conn, const hr_outq_framing_t *framing,
+                       void *framing_data)
 {
     hr_outq_t *q = hr_calloc(1, sizeof *q);
     q->edge = edge;
     q->conn = conn;
     q->framing = framing;
     q->framing_data = framing_data;
-    hr_http_stream_start(conn, 200, headers, n_headers, chunked);
     hr_http_conn_set_close_cb(conn, hr_outq_on_close, q);
+    return q;
+}
+
+void hr_outq_subscribe(hr_outq_t *q, const hr_transport_t *transport, const char *const *names,
+                       const size_t *lens, size_t n, const hr_cursor_t *cursor,
+                       bool cursor_untrusted)
+{
+    hr_subscriber_destroy(&q->sub);
+    if (n > 0 && q->state == HR_OUTQ_OPEN)
+        q->sub = hr_subscriber_new(q->edge, transport, q, names, lens, n, cursor, cursor_untrusted);
+}
+
+hr_subscriber_t *hr_outq_subscriber(const hr_outq_t *q)
+{
+    return q->sub;
+}
+
+bool hr_outq_is_open(const hr_outq_t *q)
+{
+    return q->state == HR_OUTQ_OPEN;
+}
+
+hr_outq_t *hr_outq_open(hr_edge_t *edge, hr_http_conn_t *conn, const hr_transport_t *transport,
+                        const hr_outq_framing_t *framing, void *framing_data,
+                        const hr_http_header_t *headers, size_t n_headers, bool chunked,
+                        const char *preamble, size_t preamble_len, const hr_edge_request_t *parsed)
+{
+    hr_http_stream_start(conn, 200, headers, n_headers, chunked);
+    hr_outq_t *q = hr_outq_new(edge, conn, framing, framing_data);
     if (preamble != NULL)
         hr_outq_own(q, preamble, preamble_len);
-    q->sub = hr_subscriber_new(edge, transport, q, (const char *const *)parsed->topics,
-                               parsed->topic_lens, parsed->n_topics, &parsed->cursor,
-                               parsed->cursor_untrusted);
+    hr_outq_subscribe(q, transport, (const char *const *)parsed->topics, parsed->topic_lens,
+                      parsed->n_topics, &parsed->cursor, parsed->cursor_untrusted);
     HR_DEBUG(MOD, "event=open transport=%s peer=%s topics=%zu", transport->name,
              hr_http_conn_peer(conn), parsed->n_topics);
     return q;

@@ -1,6 +1,7 @@
 /*
- * hr_outq — the outgoing side of a streaming transport (SSE, HTTP streaming): one subscriber
- * carried by one streaming HTTP response, with a bounded, coalescing output queue.
+ * hr_outq — the outgoing side of a streaming transport (SSE, HTTP streaming, WebSocket): at most
+ * one subscriber carried by one streaming HTTP response or upgraded connection, with a bounded,
+ * coalescing output queue.
  *
  * Queued output is a list of pieces: shared payloads (a message's encoding, referenced, never
  * copied) and the connection's own bytes (cursor, framing). Everything queued during one loop
@@ -33,9 +34,19 @@ typedef struct {
     /* A keep-alive that carries no data. */
     void (*heartbeat)(hr_outq_t *q);
     /* The last output before the edge closes the stream: `json` is
-     * {"type":"shutdown","cursor","retry_ms"}. */
+     * {"type":"shutdown","cursor","retry_ms","reason":"draining"}. */
     void (*shutdown)(hr_outq_t *q, const char *json, const char *cursor, size_t cursor_len,
                      uint64_t retry_ms);
+    /* Optional. The last output to a client cut off for its full queue: `json` is as for
+     * shutdown with "reason":"slow_consumer" and retry_ms 0. Without it the stream just ends
+     * (its last message carries the cursor). */
+    void (*slow)(hr_outq_t *q, const char *json, const char *cursor, size_t cursor_len,
+                 uint64_t retry_ms);
+    /* Optional. The queue has drained below half its bound after a write. */
+    void (*drained)(hr_outq_t *q);
+    /* Optional. The connection is gone or the stream ended: the subscriber is destroyed and no
+     * output can be queued any more; release the framing data. Called once. */
+    void (*closed)(hr_outq_t *q);
 } hr_outq_framing_t;
 
 /*
@@ -48,6 +59,37 @@ hr_outq_t *hr_outq_open(hr_edge_t *edge, hr_http_conn_t *conn, const hr_transpor
                         const hr_outq_framing_t *framing, void *framing_data,
                         const hr_http_header_t *headers, size_t n_headers, bool chunked,
                         const char *preamble, size_t preamble_len, const hr_edge_request_t *parsed);
+
+/*
+ * The parts hr_outq_open is made of, for a transport that starts its own response (WebSocket's
+ * 101) and changes its subscription over time: a queue on `conn` (already streaming) with no
+ * subscriber, which sets the connection's close callback; and (re)subscribing, which destroys
+ * the current subscriber and, for n > 0, creates one (arguments as hr_subscriber_new; nothing is
+ * taken over) while the queue is open.
+ */
+hr_outq_t *hr_outq_new(hr_edge_t *edge, hr_http_conn_t *conn, const hr_outq_framing_t *framing,
+                       void *framing_data);
+void hr_outq_subscribe(hr_outq_t *q, const hr_transport_t *transport, const char *const *names,
+                       const size_t *lens, size_t n, const hr_cursor_t *cursor,
+                       bool cursor_untrusted);
+/* Bytes queued and not yet taken by the kernel (what the bound applies to). */
+size_t hr_outq_queued_bytes(const hr_outq_t *q);
+/* The current subscriber, or NULL. */
+hr_subscriber_t *hr_outq_subscriber(const hr_outq_t *q);
+/* True until the queue is cut off or its connection closed: output may still be queued. */
+bool hr_outq_is_open(const hr_outq_t *q);
+/* Stop queueing (the subscriber stops): what is queued is written, then the stream ends, or the
+ * connection closes after --slow-client-grace ms. Does nothing unless open. */
+void hr_outq_cut_off(hr_outq_t *q);
+/* The framing's shutdown output with the subscriber's cursor (or "" without one) and
+ * `retry_ms`, then cut off: hr_outq_shutdown for a queue, with or without a subscriber. */
+void hr_outq_close_with(hr_outq_t *q, uint64_t retry_ms);
+/* Build {"type":"shutdown","cursor","retry_ms","reason"} for the current cursor and hand it
+ * to `emit` (a framing's shutdown or slow). */
+void hr_outq_final_json(hr_outq_t *q,
+                        void (*emit)(hr_outq_t *q, const char *json, const char *cursor,
+                                     size_t cursor_len, uint64_t retry_ms),
+                        const char *reason, uint64_t retry_ms);
 
 /* Queue bytes the connection owns (copied) or a shared payload (referenced). */
 void hr_outq_own(hr_outq_t *q, const char *bytes, size_t len);

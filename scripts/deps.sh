@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install Herald's Debian 12 packages. Usage: scripts/deps.sh build|test|bench
 #   build: what building and running Herald needs
-#   test:  build, plus what the test suite needs (pytest, pyzmq, protobuf for Python, clang
-#          for the libFuzzer targets, chromium and HAProxy for the browser tests)
+#   test:  build, plus what the test suite needs (pytest, pyzmq, protobuf, websockets for
+#          Python, clang for the libFuzzer targets, chromium and HAProxy for the browser tests)
 #   bench: build, plus what tests/bench/ compares against and loads with (nginx with the Nchan
 #          module, wrk)
 # Needs root (apt-get). Skips apt entirely when every package is already installed.
@@ -12,7 +12,8 @@ build_pkgs=(build-essential cmake pkg-config libzmq3-dev libczmq-dev libuv1-dev 
   liblmdb-dev lmdb-utils libprotobuf-c-dev protobuf-c-compiler libjansson-dev libssl-dev
   node-llhttp curl)
 test_pkgs=(libcmocka-dev python3 python3-pytest python3-zmq python3-protobuf protobuf-compiler
-  python3-aiohttp python3-requests clang libclang-rt-14-dev clang-format chromium haproxy)
+  python3-aiohttp python3-requests python3-websockets clang libclang-rt-14-dev clang-format
+  chromium haproxy)
 
 bench_pkgs=(nginx libnginx-mod-nchan wrk python3)
 

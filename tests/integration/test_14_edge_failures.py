@@ -243,7 +243,7 @@ def test_edge_sigterm_gives_each_client_its_cursor_and_nothing_is_lost(broker, e
             last = s.events[-1]
             assert last.type == "herald.shutdown", s.events[-3:]
             body = last.json()
-            assert set(body) == {"type", "cursor", "retry_ms"} and body["type"] == "shutdown"
+            assert set(body) == {"type", "cursor", "retry_ms", "reason"} and body["type"] == "shutdown"
             assert 1000 <= body["retry_ms"] < 2000
             assert s.parser.retry == body["retry_ms"]
             # the cursor is the stream's position: the last delivered event's id

@@ -258,7 +258,7 @@ def test_sigterm_ends_with_a_shutdown_line_and_the_last_chunk(broker, edge_facto
         shutdown = raw.objects(3)[2]
         assert shutdown["type"] == "shutdown" and shutdown["cursor"] == sent[-1]["id"]
         assert 1000 <= shutdown["retry_ms"] < 2000, shutdown
-        assert list(shutdown) == ["type", "cursor", "retry_ms"]
+        assert list(shutdown) == ["type", "cursor", "retry_ms", "reason"]
         assert raw.chunk(5) == b""  # the last chunk: the body ends properly ...
         assert raw.buf == b""  # ... with nothing after it (no trailer)
         st.wait_closed(5)  # http.client saw a complete chunked body
