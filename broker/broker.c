@@ -6,6 +6,7 @@
 #include "hr_error.h"
 #include "hr_log.h"
 #include "partition.h"
+#include "peers.h"
 #include "store.h"
 #include "topic.h"
 
@@ -31,6 +32,9 @@ static const char hr_heartbeat_frame[] = "\0hb";
 /* Largest fetch a client may ask for, whatever it requests. */
 #define HR_FETCH_LIMIT_MAX 10000
 #define HR_FETCH_BYTES_MAX (64u * 1024 * 1024)
+
+/* Most brokers in --cluster (--node-id is at most 1023). */
+#define HR_CLUSTER_MAX 1024
 
 /* Most requests read in one drain before the pending batch is committed. */
 #define HR_DRAIN_MAX_REQUESTS 4096
@@ -78,6 +82,8 @@ const hr_option_t hr_broker_options[] = {
         "ms between retention trimming passes"),
     OPT("heartbeat-interval", HR_OPT_INT, "1000", 10, 3600000, heartbeat_interval,
         "ms between heartbeats on the PUB socket"),
+    OPT("forward-timeout", HR_OPT_INT, "5000", 10, 600000, forward_timeout,
+        "ms to wait for the owner's reply to a forwarded publish before answering unavailable"),
     OPT("hwm", HR_OPT_INT, "100000", 0, INT32_MAX, hwm,
         "ZeroMQ high-water mark in messages for both sockets (0 = unlimited)"),
     OPT("fetch-limit", HR_OPT_INT, "1000", 1, HR_FETCH_LIMIT_MAX, fetch_limit,
@@ -106,6 +112,7 @@ struct hr_broker {
     void *pub_raw;
     char **cluster; /* ordered broker list (request endpoints) */
     size_t n_cluster;
+    hr_peers_t *peers; /* links to the other brokers; NULL when alone */
     char *live_advertised;
     int lock_fd; /* flock(2) on <data-dir>/broker.lock: one broker per data directory */
     volatile sig_atomic_t stopping;
@@ -172,8 +179,9 @@ static void hr_broker_send_reply(hr_broker_t *b, zmq_msg_t *identity, hr_reply_t
     zmq_msg_close(identity);
 }
 
-static void hr_broker_send_error(hr_broker_t *b, zmq_msg_t *identity, uint64_t request_id, int err,
-                                 const char *detail)
+/* Send an Error reply; `owner` (may be NULL) names the owning broker of a not_owner. */
+static void hr_broker_send_error_owner(hr_broker_t *b, zmq_msg_t *identity, uint64_t request_id,
+                                       int err, const char *detail, const char *owner)
 {
     if (err >= HR_E_FIRST && err <= HR_E_LAST)
         b->stats.errors[err - HR_E_FIRST]++;
@@ -181,6 +189,8 @@ static void hr_broker_send_error(hr_broker_t *b, zmq_msg_t *identity, uint64_t r
     Herald__V1__Error error = HERALD__V1__ERROR__INIT;
     error.code = (char *)hr_error_code(err);
     error.message = (char *)(detail != NULL && detail[0] != '\0' ? detail : hr_strerror(err));
+    if (owner != NULL)
+        error.owner = (char *)owner;
     hr_reply_t reply = HERALD__V1__REPLY__INIT;
     reply.request_id = request_id;
     reply.body_case = HERALD__V1__REPLY__BODY_ERROR;
@@ -188,21 +198,54 @@ static void hr_broker_send_error(hr_broker_t *b, zmq_msg_t *identity, uint64_t r
     hr_broker_send_reply(b, identity, &reply);
 }
 
+static void hr_broker_send_error(hr_broker_t *b, zmq_msg_t *identity, uint64_t request_id, int err,
+                                 const char *detail)
+{
+    hr_broker_send_error_owner(b, identity, request_id, err, detail, NULL);
+}
+
 /* ---- publish: validation and group commit -------------------------------------------------- */
 
-static int hr_broker_owner_check(hr_broker_t *b, const ProtobufCBinaryData *topic, char *why,
-                                 size_t why_len)
+/* The broker owning `topic`'s partition. */
+static uint32_t hr_broker_owner(const hr_broker_t *b, const ProtobufCBinaryData *topic)
 {
     if (b->n_cluster <= 1)
         return 0;
     uint32_t p =
         hr_partition_of((const char *)topic->data, topic->len, (uint32_t)b->config.partitions);
-    uint32_t owner = hr_partition_owner(p, (uint32_t)b->n_cluster);
+    return hr_partition_owner(p, (uint32_t)b->n_cluster);
+}
+
+static int hr_broker_owner_check(hr_broker_t *b, const ProtobufCBinaryData *topic, char *why,
+                                 size_t why_len)
+{
+    uint32_t owner = hr_broker_owner(b, topic);
     if (owner == (uint32_t)b->config.node_id)
         return 0;
-    snprintf(why, why_len, "partition %u of topic '%.*s' is owned by broker %u (%s)", p,
+    snprintf(why, why_len, "partition %u of topic '%.*s' is owned by broker %u (%s)",
+             hr_partition_of((const char *)topic->data, topic->len, (uint32_t)b->config.partitions),
              (int)topic->len, (const char *)topic->data, owner, b->cluster[owner]);
     return HR_E_NOT_OWNER;
+}
+
+/* Refuse a request for `topic` with `rc`, naming the owner when it is not_owner. */
+static void hr_broker_refuse(hr_broker_t *b, zmq_msg_t *identity, uint64_t request_id, int rc,
+                             const char *why, const ProtobufCBinaryData *topic)
+{
+    const char *owner = NULL;
+    if (rc == HR_E_NOT_OWNER)
+        owner = b->cluster[hr_broker_owner(b, topic)];
+    hr_broker_send_error_owner(b, identity, request_id, rc, why, owner);
+}
+
+/* A cluster whose brokers disagree must not assign IDs or serve reads (hr_peers). */
+static int hr_broker_consistency_check(hr_broker_t *b, char *why, size_t why_len)
+{
+    const char *problem = b->peers != NULL ? hr_peers_problem(b->peers) : NULL;
+    if (problem == NULL)
+        return 0;
+    snprintf(why, why_len, "this broker refuses requests until the cluster agrees: %s", problem);
+    return HR_E_MISCONFIGURED;
 }
 
 /* Check every message of a publish request before it joins the batch, so one bad request never
@@ -242,14 +285,52 @@ static int hr_broker_validate_publish(hr_broker_t *b, const Herald__V1__PublishR
                      (long long)b->config.max_data_bytes);
             rc = HR_E_PAYLOAD_TOO_LARGE;
         }
-        if (rc == 0)
-            rc = hr_broker_owner_check(b, &m->topic, detail, sizeof detail);
         if (rc != 0) {
             snprintf(why, why_len, "message %zu: %s", i, detail);
             return rc;
         }
     }
     return 0;
+}
+
+/*
+ * Where a valid publish goes: 0 when this broker owns every message's partition; otherwise
+ * forward it to the owner (a client that publishes through any broker needs no partition map),
+ * unless it was forwarded already (then not_owner: a forward never loops) or its messages
+ * belong to several brokers (one request is one commit on one broker). Returns 1 when the
+ * request was forwarded, 0 to commit here, or an error code with `why`.
+ */
+static int hr_broker_route_publish(hr_broker_t *b, zmq_msg_t *identity, hr_request_t *req,
+                                   char *why, size_t why_len)
+{
+    const Herald__V1__PublishRequest *pub = req->publish;
+    uint32_t owner = hr_broker_owner(b, &pub->messages[0]->topic);
+    for (size_t i = 1; i < pub->n_messages; i++) {
+        if (hr_broker_owner(b, &pub->messages[i]->topic) != owner) {
+            snprintf(why, why_len,
+                     "message %zu's topic belongs to another broker than message 0's; a publish "
+                     "request commits on one broker, so split it by partition owner",
+                     i);
+            return HR_E_INVALID_REQUEST;
+        }
+    }
+    if (owner == (uint32_t)b->config.node_id)
+        return 0;
+    if (req->forwarded || b->peers == NULL)
+        return hr_broker_owner_check(b, &pub->messages[0]->topic, why, why_len);
+    int rc = hr_peers_forward(b->peers, owner, req, identity, why, why_len);
+    return rc == 0 ? 1 : rc;
+}
+
+/* A forwarded publish's answer from its owner, relayed with the client's request id. */
+static void hr_broker_on_forward_reply(void *arg, zmq_msg_t *identity, uint64_t request_id,
+                                       hr_reply_t *reply, const char *why)
+{
+    hr_broker_t *b = arg;
+    if (reply != NULL)
+        hr_broker_send_reply(b, identity, reply);
+    else
+        hr_broker_send_error(b, identity, request_id, HR_E_UNAVAILABLE, why);
 }
 
 static void hr_broker_add_publish(hr_broker_t *b, zmq_msg_t *identity, hr_request_t *req)
@@ -455,9 +536,11 @@ static void hr_broker_handle_fetch(hr_broker_t *b, zmq_msg_t *identity, hr_reque
     char why[256];
     int rc = hr_topic_validate((const char *)f->topic.data, f->topic.len, why, sizeof why);
     if (rc == 0)
+        rc = hr_broker_consistency_check(b, why, sizeof why);
+    if (rc == 0)
         rc = hr_broker_owner_check(b, &f->topic, why, sizeof why);
     if (rc != 0) {
-        hr_broker_send_error(b, identity, req->request_id, rc, why);
+        hr_broker_refuse(b, identity, req->request_id, rc, why, &f->topic);
         return;
     }
     size_t limit = f->limit ? f->limit : (size_t)b->config.fetch_limit;
@@ -662,8 +745,16 @@ static int hr_broker_receive_one(hr_broker_t *b)
     switch (req->body_case) {
     case HERALD__V1__REQUEST__BODY_PUBLISH:
         rc = hr_broker_validate_publish(b, req->publish, why, sizeof why);
+        if (rc == 0)
+            rc = hr_broker_consistency_check(b, why, sizeof why);
+        if (rc == 0)
+            rc = hr_broker_route_publish(b, identity, req, why, sizeof why);
+        if (rc == 1)
+            break; /* forwarded: the answer is relayed when the owner replies */
         if (rc != 0) {
-            hr_broker_send_error(b, identity, req->request_id, rc, why);
+            hr_broker_refuse(b, identity, req->request_id, rc, why,
+                             req->publish->n_messages > 0 ? &req->publish->messages[0]->topic
+                                                          : NULL);
             break;
         }
         hr_broker_add_publish(b, identity, req);
@@ -742,15 +833,22 @@ int hr_broker_run(hr_broker_t *b)
             hr_broker_trim(b);
         uint64_t next =
             b->next_heartbeat_ms < b->next_trim_ms ? b->next_heartbeat_ms : b->next_trim_ms;
+        if (b->peers != NULL && hr_peers_next_due(b->peers) < next)
+            next = hr_peers_next_due(b->peers);
         long timeout = next > now ? (long)(next - now) : 0;
-        zmq_pollitem_t item = {b->router_raw, 0, ZMQ_POLLIN, 0};
-        int rc = zmq_poll(&item, 1, timeout);
+        zmq_pollitem_t items[HR_CLUSTER_MAX + 1] = {{b->router_raw, 0, ZMQ_POLLIN, 0}};
+        size_t n_items = 1;
+        if (b->peers != NULL)
+            n_items += hr_peers_pollitems(b->peers, items + 1, HR_CLUSTER_MAX);
+        int rc = zmq_poll(items, (int)n_items, timeout);
         if (rc < 0) {
             if (zmq_errno() == EINTR)
                 continue;
             HR_ERROR(MOD, "event=poll_failed error=\"%s\"", zmq_strerror(zmq_errno()));
             return -zmq_errno();
         }
+        if (b->peers != NULL)
+            hr_peers_process(b->peers, hr_mono_ms());
         /* Drain what has arrived, up to one batch, then commit it as one transaction. The
          * request bound keeps a flood of non-publish requests from delaying the commit. */
         size_t requests = 0;
@@ -892,6 +990,27 @@ int hr_broker_new(hr_broker_t **out, const hr_broker_config_t *config, char *err
                                     : strerror(-rc));
         goto fail;
     }
+    /* P, N and the node id are fixed when the cluster is created: a log started under another
+     * configuration would own other partitions than the ones it holds (DESIGN.md §Cluster). */
+    hr_store_identity_t want = {(uint32_t)config->partitions, (uint32_t)b->n_cluster,
+                                (uint32_t)config->node_id},
+                        have;
+    rc = hr_store_identity(b->store, &want, &have);
+    if (rc == HR_E_MISCONFIGURED) {
+        snprintf(err, errlen,
+                 "the data in %s belongs to node %u of a %u-broker cluster with %u partitions; "
+                 "this broker was started as node %u of %u with --partitions %u. Start it with "
+                 "the original --node-id, --cluster and --partitions (they are fixed when the "
+                 "cluster is created), or give it an empty --data-dir",
+                 config->data_dir, have.node_id, have.brokers, have.partitions, want.node_id,
+                 want.brokers, want.partitions);
+        goto fail;
+    }
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot read the cluster identity in %s: %s", config->data_dir,
+                 hr_strerror(rc));
+        goto fail;
+    }
     /* czmq's own SIGINT handler would swallow the first signal; main() installs Herald's. */
     zsys_handler_set(NULL);
     /* A message larger than this is dropped by ZeroMQ with the connection; keep it well above
@@ -909,6 +1028,24 @@ int hr_broker_new(hr_broker_t **out, const hr_broker_config_t *config, char *err
     }
     b->router_raw = zsock_resolve(b->router);
     b->pub_raw = zsock_resolve(b->pub);
+    if (b->n_cluster > 1) {
+        uint64_t hb = (uint64_t)config->heartbeat_interval;
+        hr_peers_options_t po = {
+            .cluster = b->cluster,
+            .n_cluster = b->n_cluster,
+            .self = (uint32_t)config->node_id,
+            .partitions = (uint32_t)config->partitions,
+            .hello_interval_ms = hb,
+            .down_after_ms = 3 * hb,
+            .forward_timeout_ms = (uint64_t)config->forward_timeout,
+            .max_reply_bytes = (size_t)config->max_request_bytes * 4 + 4096,
+            .on_reply = hr_broker_on_forward_reply,
+            .arg = b,
+        };
+        rc = hr_peers_new(&b->peers, &po, err, errlen);
+        if (rc != 0)
+            goto fail;
+    }
     b->started_ms = hr_mono_ms();
     if (getrandom(&b->instance, sizeof b->instance, 0) != (ssize_t)sizeof b->instance)
         b->instance = hr_now_ms() ^ ((uint64_t)getpid() << 32);
@@ -930,6 +1067,7 @@ void hr_broker_destroy(hr_broker_t **broker)
         zmq_msg_close(&b->pending[i].identity);
         hr_codec_request_free(&b->pending[i].req);
     }
+    hr_peers_destroy(&b->peers); /* fails pending forwards: before the router closes */
     zsock_destroy(&b->router);
     zsock_destroy(&b->pub);
     hr_store_close(&b->store);

@@ -108,26 +108,35 @@ static void hr_cli_help(void)
 typedef struct {
     const hr_cli_config_t *config;
     zsock_t *dealer;
+    char endpoint[512]; /* the broker the dealer is connected to */
+    bool followed;      /* a not_owner was followed once already */
     uint64_t next_id;
 } hr_cli_t;
+
+/* (Re)connect the request socket to `endpoint`. */
+static int hr_cli_dial(hr_cli_t *cli, const char *endpoint)
+{
+    zsock_destroy(&cli->dealer);
+    snprintf(cli->endpoint, sizeof cli->endpoint, "%s", endpoint);
+    cli->dealer = zsock_new(ZMQ_DEALER);
+    if (cli->dealer == NULL)
+        return HR_E_UNAVAILABLE;
+    zsock_set_linger(cli->dealer, 0);
+    zsock_set_rcvtimeo(cli->dealer, (int)cli->config->timeout);
+    zsock_set_sndtimeo(cli->dealer, (int)cli->config->timeout);
+    if (zmq_connect(zsock_resolve(cli->dealer), endpoint) != 0) {
+        fprintf(stderr, "herald: cannot connect to %s: %s\n", endpoint, zmq_strerror(zmq_errno()));
+        return HR_E_UNAVAILABLE;
+    }
+    return 0;
+}
 
 static int hr_cli_connect(hr_cli_t *cli, const hr_cli_config_t *config)
 {
     cli->config = config;
     cli->next_id = 1;
     zsys_handler_set(NULL);
-    cli->dealer = zsock_new(ZMQ_DEALER);
-    if (cli->dealer == NULL)
-        return HR_E_UNAVAILABLE;
-    zsock_set_linger(cli->dealer, 0);
-    zsock_set_rcvtimeo(cli->dealer, (int)config->timeout);
-    zsock_set_sndtimeo(cli->dealer, (int)config->timeout);
-    if (zmq_connect(zsock_resolve(cli->dealer), config->broker) != 0) {
-        fprintf(stderr, "herald: cannot connect to %s: %s\n", config->broker,
-                zmq_strerror(zmq_errno()));
-        return HR_E_UNAVAILABLE;
-    }
-    return 0;
+    return hr_cli_dial(cli, config->broker);
 }
 
 /* Exit code for a Herald error. */
@@ -160,7 +169,7 @@ static int hr_cli_call(hr_cli_t *cli, hr_request_t *req, hr_reply_t **out)
         rc = zmq_send(sock, buf, len, 0);
     hr_free(buf);
     if (rc < 0) {
-        fprintf(stderr, "herald: cannot send to %s: %s\n", cli->config->broker,
+        fprintf(stderr, "herald: cannot send to %s: %s\n", cli->endpoint,
                 zmq_strerror(zmq_errno()));
         return HR_E_UNAVAILABLE;
     }
@@ -175,7 +184,7 @@ static int hr_cli_call(hr_cli_t *cli, hr_request_t *req, hr_reply_t **out)
             zmq_msg_close(&body);
             if (e == EINTR && !hr_cli_interrupted)
                 continue;
-            fprintf(stderr, "herald: no reply from %s within %lld ms\n", cli->config->broker,
+            fprintf(stderr, "herald: no reply from %s within %lld ms\n", cli->endpoint,
                     (long long)cli->config->timeout);
             return HR_E_UNAVAILABLE;
         }
@@ -197,6 +206,18 @@ static int hr_cli_call(hr_cli_t *cli, hr_request_t *req, hr_reply_t **out)
         if (reply->request_id != req->request_id && !undecoded) {
             hr_codec_reply_free(&reply); /* a late reply to an earlier request */
             continue;
+        }
+        if (reply->body_case == HERALD__V1__REPLY__BODY_ERROR &&
+            strcmp(reply->error->code, "not_owner") == 0 && reply->error->owner[0] != '\0' &&
+            !cli->followed) {
+            /* The partition lives on another broker of the cluster: ask it instead (once). */
+            char owner[sizeof cli->endpoint];
+            snprintf(owner, sizeof owner, "%s", reply->error->owner);
+            hr_codec_reply_free(&reply);
+            cli->followed = true;
+            if (hr_cli_dial(cli, owner) != 0)
+                return HR_E_UNAVAILABLE;
+            return hr_cli_call(cli, req, out);
         }
         if (reply->body_case == HERALD__V1__REPLY__BODY_ERROR) {
             fprintf(stderr, "herald: %s: %s\n", reply->error->code, reply->error->message);
@@ -423,6 +444,22 @@ static int hr_cli_tail(hr_cli_t *cli, const char *topic)
     int rc = hr_cli_call(cli, &req, &reply);
     if (rc != 0)
         return hr_cli_exit_for(rc);
+    const Herald__V1__HelloReply *h = reply->hello;
+    if (h->n_cluster > 1 && h->partitions > 0) {
+        /* Live messages come from the topic's owner: ask it for its live endpoint. */
+        uint32_t owner = hr_partition_owner(hr_partition_of(topic, strlen(topic), h->partitions),
+                                            (uint32_t)h->n_cluster);
+        if (owner != h->node_id && owner < h->n_cluster) {
+            char endpoint[sizeof cli->endpoint];
+            snprintf(endpoint, sizeof endpoint, "%s", h->cluster[owner]);
+            hr_codec_reply_free(&reply);
+            if (hr_cli_dial(cli, endpoint) != 0)
+                return EXIT_UNAVAILABLE;
+            rc = hr_cli_call(cli, &req, &reply);
+            if (rc != 0)
+                return hr_cli_exit_for(rc);
+        }
+    }
     zsock_t *sub = zsock_new(ZMQ_SUB);
     zsock_set_linger(sub, 0);
     rc = zmq_connect(zsock_resolve(sub), reply->hello->live_endpoint);

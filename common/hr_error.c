@@ -23,6 +23,7 @@ static const struct hr_error_info hr_errors[] = {
     {HR_E_CORRUPT, "corrupt", "data is not a Herald store or is corrupt"},
     {HR_E_UNAVAILABLE, "unavailable", "broker unavailable"},
     {HR_E_NOT_OWNER, "not_owner", "partition owned by another broker"},
+    {HR_E_MISCONFIGURED, "misconfigured", "the cluster configuration is inconsistent"},
     {HR_E_INTERNAL, "internal", "internal error"},
 };
 

@@ -28,6 +28,7 @@ enum {
     HR_E_CORRUPT,                    /* a file or record that is not what Herald wrote */
     HR_E_UNAVAILABLE,                /* the broker cannot be reached or timed out */
     HR_E_NOT_OWNER,                  /* the partition belongs to another broker */
+    HR_E_MISCONFIGURED,              /* the cluster configuration disagrees (P, node id, list) */
     HR_E_INTERNAL,                   /* a bug: reported rather than hidden */
     HR_E_LAST = HR_E_INTERNAL,
 };

@@ -91,10 +91,10 @@ static int hr_status_for_code(const char *code)
         const char *code;
         int status;
     } map[] = {
-        {"invalid_topic", 400},       {"invalid_cursor", 400},    {"invalid_request", 400},
-        {"malformed_message", 400},   {"payload_too_large", 413}, {"storage_full", 507},
-        {"unavailable", 503},         {"not_owner", 503},         {"not_found", 404},
-        {"unsupported_version", 500},
+        {"invalid_topic", 400},     {"invalid_cursor", 400},      {"invalid_request", 400},
+        {"malformed_message", 400}, {"payload_too_large", 413},   {"storage_full", 507},
+        {"unavailable", 503},       {"not_owner", 503},           {"not_found", 404},
+        {"misconfigured", 503},     {"unsupported_version", 500},
     };
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
         if (strcmp(map[i].code, code) == 0)
@@ -716,18 +716,30 @@ static void hr_api_history(hr_edge_t *edge, hr_http_conn_t *conn, const hr_http_
 
 /* ---- health, readiness, metrics ------------------------------------------------------------ */
 
+/* Partitions whose owning broker is down (0 before the partition map is known). */
+static uint32_t hr_api_partitions_unavailable(hr_brokers_t *b, json_t *list)
+{
+    uint32_t n = hr_brokers_count(b), parts = hr_brokers_partitions(b), count = 0;
+    for (uint32_t p = 0; n > 0 && p < parts; p++) {
+        if (hr_brokers_up(b, hr_partition_owner(p, n)))
+            continue;
+        count++;
+        if (list != NULL)
+            json_array_append_new(list, json_integer(p));
+    }
+    return count;
+}
+
 static void hr_api_readyz(hr_edge_t *edge, hr_http_conn_t *conn)
 {
     hr_brokers_t *b = edge->brokers;
-    uint32_t n = hr_brokers_count(b), parts = hr_brokers_partitions(b);
+    uint32_t n = hr_brokers_count(b);
     json_t *brokers = json_array(), *unavailable = json_array();
     for (uint32_t i = 0; i < n; i++)
         json_array_append_new(brokers,
                               json_pack("{s:s, s:b}", "endpoint", hr_brokers_endpoint(b, i), "up",
                                         hr_brokers_up(b, i)));
-    for (uint32_t p = 0; n > 0 && p < parts; p++)
-        if (!hr_brokers_up(b, hr_partition_owner(p, n)))
-            json_array_append_new(unavailable, json_integer(p));
+    hr_api_partitions_unavailable(b, unavailable);
     bool ready = hr_brokers_ready(b) && !edge->draining;
     json_t *body = json_pack("{s:b, s:b, s:o, s:o}", "ready", ready, "draining", edge->draining,
                              "brokers", brokers, "unavailable_partitions", unavailable);
@@ -836,6 +848,11 @@ static void hr_api_metrics(hr_edge_t *edge, hr_http_conn_t *conn)
     for (uint32_t i = 0; i < hr_brokers_count(edge->brokers); i++)
         hr_metric(&buf, &len, &cap, "herald_edge_broker_up{broker=\"%s\"} %d\n",
                   hr_brokers_endpoint(edge->brokers, i), hr_brokers_up(edge->brokers, i) ? 1 : 0);
+    GAUGE("herald_edge_partitions", "Partitions of the cluster (P; 0 until known).",
+          hr_brokers_partitions(edge->brokers));
+    GAUGE("herald_edge_partitions_unavailable",
+          "Partitions whose owning broker is down: their publishes get 503.",
+          hr_api_partitions_unavailable(edge->brokers, NULL));
     GAUGE("herald_edge_draining", "1 after SIGTERM while the edge drains.", edge->draining);
 #undef COUNTER
 #undef GAUGE

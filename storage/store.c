@@ -20,6 +20,9 @@
  *           "next_topic_id" -> u64 LE  id the next new topic gets (ids start at 1, never reused)
  *           "reclaims"      -> u64 LE  number of reclaim commits (see store_reclaim); absent
  *                                      until the first, and read by nothing else
+ *           "cluster"       -> 3 x u32 LE  partitions, brokers, node id: the cluster identity the
+ *                                      log was created for (hr_store_identity); absent until
+ *                                      the first broker start
  *
  * topics    topic name (1..255 bytes) -> topic record, 40 bytes:
  *             0  u64 LE topic_id
@@ -463,6 +466,46 @@ static void store_reclaim(hr_store_t *st)
     }
     if (mdb_txn_commit(txn) == 0)
         st->reclaim_pending = false;
+}
+
+/* ---- cluster identity --------------------------------------------------------------------- */
+
+int hr_store_identity(hr_store_t *st, const hr_store_identity_t *want, hr_store_identity_t *stored)
+{
+    MDB_txn *txn;
+    MDB_val k = {7, "cluster"}, v;
+    uint8_t buf[12];
+    int rc = store_txn_begin(st, 0, &txn);
+    if (rc != 0)
+        return store_err(rc);
+    rc = mdb_get(txn, st->dbi_meta, &k, &v);
+    if (rc == 0) {
+        mdb_txn_abort(txn);
+        if (v.mv_size != sizeof buf)
+            return HR_E_CORRUPT;
+        stored->partitions = le32_get(v.mv_data);
+        stored->brokers = le32_get((const uint8_t *)v.mv_data + 4);
+        stored->node_id = le32_get((const uint8_t *)v.mv_data + 8);
+        return stored->partitions == want->partitions && stored->brokers == want->brokers &&
+                       stored->node_id == want->node_id
+                   ? 0
+                   : HR_E_MISCONFIGURED;
+    }
+    if (rc != MDB_NOTFOUND) {
+        mdb_txn_abort(txn);
+        return store_err(rc);
+    }
+    le32_put(buf, want->partitions);
+    le32_put(buf + 4, want->brokers);
+    le32_put(buf + 8, want->node_id);
+    v = (MDB_val){sizeof buf, buf};
+    rc = mdb_put(txn, st->dbi_meta, &k, &v, 0);
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return store_err(rc);
+    }
+    *stored = *want;
+    return store_err(mdb_txn_commit(txn));
 }
 
 /* ---- open / close ------------------------------------------------------------------------ */

@@ -199,6 +199,23 @@ typedef struct {
 int hr_store_trim(hr_store_t *store, const hr_store_retention_t *policy, uint64_t now_ms,
                   size_t budget, uint64_t *trimmed, bool *more);
 
+/* The cluster a log belongs to (DESIGN.md §Cluster): its partition count P, the number of
+ * brokers N and the node id of the broker that owns it. Fixed when the cluster is created. */
+typedef struct {
+    uint32_t partitions;
+    uint32_t brokers;
+    uint32_t node_id;
+} hr_store_identity_t;
+
+/*
+ * Record `want` as the log's cluster identity if it has none yet (a new log, or one created
+ * before identities were recorded), or compare it with the recorded one. Returns 0 when they
+ * agree (or `want` was just recorded, durably), HR_E_MISCONFIGURED when they differ, with
+ * *stored set to the recorded identity either way; HR_E_STORAGE / HR_E_CORRUPT on failure.
+ */
+int hr_store_identity(hr_store_t *store, const hr_store_identity_t *want,
+                      hr_store_identity_t *stored);
+
 /* Whole-store figures. */
 typedef struct {
     uint64_t topics;   /* number of topic logs */

@@ -766,6 +766,30 @@ static void test_dedupe_trim_budget(void **state)
     hr_store_close(&st);
 }
 
+/* The cluster identity is recorded on first use and compared afterwards, across reopens. */
+static void test_cluster_identity(void **state)
+{
+    tmpdir_t *t = *state;
+    hr_store_t *st = open_store(t, NULL);
+    hr_store_identity_t want = {64, 3, 1}, have;
+    assert_int_equal(hr_store_identity(st, &want, &have), 0);
+    assert_memory_equal(&want, &have, sizeof want);
+    append1(st, msg("alpha", "x"));
+    hr_store_close(&st);
+
+    st = open_store(t, NULL);
+    assert_int_equal(hr_store_identity(st, &want, &have), 0);
+    hr_store_identity_t other_p = {32, 3, 1}, other_node = {64, 3, 2}, other_n = {64, 4, 1};
+    assert_int_equal(hr_store_identity(st, &other_p, &have), HR_E_MISCONFIGURED);
+    assert_memory_equal(&want, &have, sizeof want); /* reports what is recorded */
+    assert_int_equal(hr_store_identity(st, &other_node, &have), HR_E_MISCONFIGURED);
+    assert_int_equal(hr_store_identity(st, &other_n, &have), HR_E_MISCONFIGURED);
+    /* a refused identity changes nothing */
+    assert_int_equal(hr_store_identity(st, &want, &have), 0);
+    assert_int_equal(info_of(st, "alpha").last_seq, 1);
+    hr_store_close(&st);
+}
+
 static void test_reopen_keeps_seq_and_epoch(void **state)
 {
     tmpdir_t *t = *state;
@@ -1846,6 +1870,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_corrupt_record, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_not_a_directory, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_crash, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_cluster_identity, tmpdir_setup, tmpdir_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
