@@ -62,6 +62,14 @@ typedef struct hr_ws_pub {
     char *answer; /* the `published` or `error` frame once known */
 } hr_ws_pub_t;
 
+/* A publish read from the current input, waiting to go out in this input's batch. */
+typedef struct {
+    Herald__V1__PublishMessage msg;
+    json_t *root;     /* the frame: holds the strings `msg` points to */
+    uint8_t *decoded; /* base64-decoded data, or NULL */
+    hr_ws_pub_t *pub;
+} hr_ws_item_t;
+
 /* Publishes sent to one broker in one request. */
 struct hr_ws_batch {
     hr_ws_t *ws; /* NULL once the connection is gone */
@@ -95,15 +103,16 @@ struct hr_ws {
     size_t n_pubs;
     hr_ws_batch_t *batches; /* in flight */
     /* the batch being built from the current chunk of input */
-    Herald__V1__PublishMessage *b_msgs;
-    Herald__V1__PublishMessage **b_ptrs;
-    json_t **b_roots;
-    uint8_t **b_decoded;
-    hr_ws_pub_t **b_pubs;
-    size_t b_n;
+    hr_ws_item_t *items;
+    size_t b_n, b_cap;
     uint32_t b_owner;
     uint64_t msg_len; /* bytes of the data message being received, declared so far */
-    bool paused;      /* reading stopped: too many publishes in flight or too much queued */
+    /* wslay's context (8.8 KiB) is held only while a frame is under way: fed counts the bytes
+     * handed to it, framed the bytes of the frames it has finished (header + payload), and
+     * `fragmented` says a data message continues in a later frame. */
+    uint64_t fed, framed, frame_bytes;
+    bool fragmented;
+    bool paused; /* reading stopped: too many publishes in flight or too much queued */
     uv_timer_t ping;
     bool awaiting_pong;
     hr_ws_t *prev, *next; /* hr_ws_all */
@@ -138,10 +147,13 @@ static ssize_t hr_ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, s
     return (ssize_t)len;
 }
 
+static wslay_event_context_ptr hr_ws_ctx(hr_ws_t *ws);
+static void hr_ws_release_ctx(hr_ws_t *ws);
+
 /* Hand what wslay has queued to the outq (never blocks: see the file comment). */
 static void hr_ws_flush_wslay(hr_ws_t *ws)
 {
-    if (ws->state != HR_WS_GONE)
+    if (ws->state != HR_WS_GONE && ws->ctx != NULL)
         wslay_event_send(ws->ctx);
 }
 
@@ -150,7 +162,7 @@ static void hr_ws_send_text(hr_ws_t *ws, const char *text, size_t len)
     if (ws->state != HR_WS_OPEN)
         return;
     struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)text, len};
-    if (wslay_event_queue_msg(ws->ctx, &m) == 0)
+    if (wslay_event_queue_msg(hr_ws_ctx(ws), &m) == 0)
         hr_ws_flush_wslay(ws);
 }
 
@@ -177,7 +189,7 @@ static void hr_ws_close(hr_ws_t *ws, uint16_t code, const char *reason)
 {
     if (ws->state != HR_WS_OPEN)
         return;
-    wslay_event_queue_close(ws->ctx, code, (const uint8_t *)reason, strlen(reason));
+    wslay_event_queue_close(hr_ws_ctx(ws), code, (const uint8_t *)reason, strlen(reason));
     hr_ws_flush_wslay(ws);
     ws->state = HR_WS_CLOSING;
     hr_outq_cut_off(ws->q);
@@ -403,15 +415,20 @@ static void hr_ws_on_publish_reply(void *arg, int status, const hr_reply_t *repl
     }
     hr_ws_batch_free(b);
     hr_ws_flush_answers(ws);
+    hr_ws_release_ctx(ws);
 }
 
 static void hr_ws_batch_reset(hr_ws_t *ws)
 {
     for (size_t i = 0; i < ws->b_n; i++) {
-        json_decref(ws->b_roots[i]);
-        hr_free(ws->b_decoded[i]);
+        json_decref(ws->items[i].root);
+        hr_free(ws->items[i].decoded);
     }
-    ws->b_n = 0;
+    /* Released, not kept: most connections publish rarely or never, and an idle connection
+     * should cost as little as possible. */
+    hr_free(ws->items);
+    ws->items = NULL;
+    ws->b_n = ws->b_cap = 0;
 }
 
 /* Send the publishes collected from the current input as one broker request. */
@@ -423,18 +440,20 @@ static void hr_ws_batch_send(hr_ws_t *ws)
     b->ws = ws;
     b->n = ws->b_n;
     b->pubs = hr_calloc(b->n, sizeof *b->pubs);
-    memcpy(b->pubs, ws->b_pubs, b->n * sizeof *b->pubs);
+    Herald__V1__PublishMessage **ptrs = hr_calloc(b->n, sizeof *ptrs);
+    for (size_t i = 0; i < b->n; i++) {
+        b->pubs[i] = ws->items[i].pub;
+        ptrs[i] = &ws->items[i].msg;
+    }
     b->started_ms = hr_ws_now_ms();
-    for (size_t i = 0; i < b->n; i++)
-        ws->b_ptrs[i] = &ws->b_msgs[i];
     Herald__V1__PublishRequest pub = HERALD__V1__PUBLISH_REQUEST__INIT;
     pub.n_messages = b->n;
-    pub.messages = ws->b_ptrs;
+    pub.messages = ptrs;
     hr_request_t req = HERALD__V1__REQUEST__INIT;
     req.body_case = HERALD__V1__REQUEST__BODY_PUBLISH;
     req.publish = &pub;
     ws->edge->metrics.ws_publishes += b->n;
-    const Herald__V1__PublishMessage *m0 = &ws->b_msgs[0];
+    const Herald__V1__PublishMessage *m0 = ptrs[0];
     if (hr_brokers_request(ws->edge->brokers, (const char *)m0->topic.data, m0->topic.len, &req,
                            hr_ws_on_publish_reply, b, &b->call) != 0) {
         for (size_t i = 0; i < b->n; i++)
@@ -447,47 +466,40 @@ static void hr_ws_batch_send(hr_ws_t *ws)
             ws->batches->prev = b;
         ws->batches = b;
     }
+    hr_free(ptrs);
     hr_ws_batch_reset(ws);
 }
 
 static void hr_ws_on_publish(hr_ws_t *ws, json_t *root, const char *req)
 {
-    if (ws->b_n == HR_WS_BATCH_MAX)
-        hr_ws_batch_send(ws);
-    size_t i = ws->b_n;
+    hr_ws_item_t item = {.root = NULL};
     const char *code;
     char why[192];
-    int status = hr_edge_publish_from_json(ws->edge, root, &ws->b_msgs[i], &ws->b_decoded[i], &code,
-                                           why, sizeof why);
+    int status =
+        hr_edge_publish_from_json(ws->edge, root, &item.msg, &item.decoded, &code, why, sizeof why);
     if (status != 0) {
-        hr_free(ws->b_decoded[i]);
-        ws->b_decoded[i] = NULL;
+        hr_free(item.decoded);
         /* Answered in its place among the publishes, so answers stay in order. */
         hr_ws_pub_t *p = hr_ws_pub_new(ws, req, "", 0);
         hr_ws_pub_answer_error(p, code, why);
         hr_ws_flush_answers(ws);
         return;
     }
-    const Herald__V1__PublishMessage *m = &ws->b_msgs[i];
-    uint32_t owner =
-        hr_brokers_count(ws->edge->brokers) > 0
-            ? hr_brokers_owner(ws->edge->brokers, (const char *)m->topic.data, m->topic.len)
-            : 0;
-    if (i > 0 && owner != ws->b_owner) {
-        /* One request commits on one broker: start another. */
-        Herald__V1__PublishMessage keep = ws->b_msgs[i];
-        uint8_t *keep_decoded = ws->b_decoded[i];
-        ws->b_decoded[i] = NULL;
+    const char *topic = (const char *)item.msg.topic.data;
+    uint32_t owner = hr_brokers_count(ws->edge->brokers) > 0
+                         ? hr_brokers_owner(ws->edge->brokers, topic, item.msg.topic.len)
+                         : 0;
+    /* One request commits on one broker: a message for another owner starts another. */
+    if (ws->b_n == HR_WS_BATCH_MAX || (ws->b_n > 0 && owner != ws->b_owner))
         hr_ws_batch_send(ws);
-        i = 0;
-        ws->b_msgs[0] = keep;
-        ws->b_decoded[0] = keep_decoded;
-        m = &ws->b_msgs[0];
+    if (ws->b_n == ws->b_cap) {
+        ws->b_cap = ws->b_cap ? ws->b_cap * 2 : 8;
+        ws->items = hr_realloc(ws->items, ws->b_cap * sizeof *ws->items);
     }
     ws->b_owner = owner;
-    ws->b_roots[i] = json_incref(root); /* the message's strings live in it */
-    ws->b_pubs[i] = hr_ws_pub_new(ws, req, (const char *)m->topic.data, m->topic.len);
-    ws->b_n = i + 1;
+    item.root = json_incref(root); /* the message's strings live in it */
+    item.pub = hr_ws_pub_new(ws, req, topic, item.msg.topic.len);
+    ws->items[ws->b_n++] = item;
 }
 
 /* ---- subscribing ---------------------------------------------------------------------------- */
@@ -757,6 +769,9 @@ static void hr_ws_on_frame_start(wslay_event_context_ptr ctx,
                                  const struct wslay_event_on_frame_recv_start_arg *arg, void *user)
 {
     hr_ws_t *ws = user;
+    /* A client frame's header: 2 bytes, the extended length, the 4-byte mask (RFC 6455 §5.2). */
+    uint64_t len = arg->payload_length;
+    ws->frame_bytes = 2 + (len < 126 ? 0 : len <= 0xFFFF ? 2 : 8) + 4 + len;
     if (arg->opcode >= WSLAY_CONNECTION_CLOSE) {
         /* RFC 6455 §5.5: a control frame is final and carries at most 125 bytes. (wslay refuses
          * these too, but with a close frame that has no status code.) */
@@ -770,11 +785,20 @@ static void hr_ws_on_frame_start(wslay_event_context_ptr ctx,
     if (arg->opcode != WSLAY_CONTINUATION_FRAME)
         ws->msg_len = 0;
     ws->msg_len += arg->payload_length;
+    ws->fragmented = !arg->fin;
     if (ws->msg_len > (uint64_t)ws->edge->config.ws_max_message && ws->state == HR_WS_OPEN) {
         wslay_event_shutdown_read(ctx);
         ws->edge->metrics.ws_protocol_errors++;
         hr_ws_close(ws, WSLAY_CODE_MESSAGE_TOO_BIG, "message too big");
     }
+}
+
+static void hr_ws_on_frame_end(wslay_event_context_ptr ctx, void *user)
+{
+    (void)ctx;
+    hr_ws_t *ws = user;
+    ws->framed += ws->frame_bytes;
+    ws->frame_bytes = 0;
 }
 
 static ssize_t hr_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
@@ -790,7 +814,21 @@ static ssize_t hr_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
     memcpy(buf, ws->in, n);
     ws->in += n;
     ws->in_len -= n;
+    ws->fed += n;
     return (ssize_t)n;
+}
+
+/* Between frames, with nothing buffered and nothing to send, wslay holds no state worth its
+ * memory: free its context (idle connections are most connections). Never from inside one of
+ * wslay's callbacks. */
+static void hr_ws_release_ctx(hr_ws_t *ws)
+{
+    if (ws->ctx == NULL || ws->state != HR_WS_OPEN || ws->fed != ws->framed || ws->fragmented ||
+        wslay_event_want_write(ws->ctx))
+        return;
+    wslay_event_context_free(ws->ctx);
+    ws->ctx = NULL;
+    ws->fed = ws->framed = 0;
 }
 
 static void hr_ws_on_read(void *arg, const char *data, size_t len)
@@ -800,7 +838,7 @@ static void hr_ws_on_read(void *arg, const char *data, size_t len)
         return;
     ws->in = (const uint8_t *)data;
     ws->in_len = len;
-    int rc = wslay_event_recv(ws->ctx);
+    int rc = wslay_event_recv(hr_ws_ctx(ws));
     ws->in_len = 0;
     hr_ws_batch_send(ws);
     hr_ws_flush_wslay(ws);
@@ -818,6 +856,7 @@ static void hr_ws_on_read(void *arg, const char *data, size_t len)
         hr_outq_cut_off(ws->q);
         return;
     }
+    hr_ws_release_ctx(ws);
     hr_ws_maybe_pause(ws);
 }
 
@@ -837,8 +876,9 @@ static void hr_ws_on_ping_timer(uv_timer_t *timer)
         return;
     }
     struct wslay_event_msg m = {WSLAY_PING, (const uint8_t *)"hr", 2};
-    if (wslay_event_queue_msg(ws->ctx, &m) == 0)
+    if (wslay_event_queue_msg(hr_ws_ctx(ws), &m) == 0)
         hr_ws_flush_wslay(ws);
+    hr_ws_release_ctx(ws);
     ws->awaiting_pong = true;
     hr_ws_arm_ping(ws, (uint64_t)ws->edge->config.ws_ping_timeout);
 }
@@ -851,6 +891,27 @@ static void hr_ws_arm_ping(hr_ws_t *ws, uint64_t ms)
 
 /* ---- lifetime ------------------------------------------------------------------------------ */
 
+/* The wslay context, created when first needed (see hr_ws_t.fed). */
+static wslay_event_context_ptr hr_ws_ctx(hr_ws_t *ws)
+{
+    if (ws->ctx != NULL)
+        return ws->ctx;
+    static const struct wslay_event_callbacks cbs = {
+        .recv_callback = hr_ws_recv_cb,
+        .send_callback = hr_ws_send_cb,
+        .on_frame_recv_start_callback = hr_ws_on_frame_start,
+        .on_frame_recv_end_callback = hr_ws_on_frame_end,
+        .on_msg_recv_callback = hr_ws_on_msg_recv,
+    };
+    if (wslay_event_context_server_init(&ws->ctx, &cbs, ws) != 0) {
+        /* Its only failure is out of memory, which Herald does not recover from (hr_alloc.h). */
+        HR_ERROR(MOD, "event=out_of_memory what=wslay_context");
+        abort();
+    }
+    wslay_event_config_set_max_recv_msg_length(ws->ctx, (uint64_t)ws->edge->config.ws_max_message);
+    return ws->ctx;
+}
+
 static void hr_ws_free(uv_handle_t *handle)
 {
     hr_ws_t *ws = handle->data;
@@ -858,11 +919,7 @@ static void hr_ws_free(uv_handle_t *handle)
         hr_free(ws->topics[i]);
     hr_free(ws->topics);
     hr_free(ws->lens);
-    hr_free(ws->b_msgs);
-    hr_free(ws->b_ptrs);
-    hr_free(ws->b_roots);
-    hr_free(ws->b_decoded);
-    hr_free(ws->b_pubs);
+    hr_free(ws->items);
     hr_free(ws);
 }
 
@@ -884,7 +941,8 @@ static void hr_ws_closed(hr_outq_t *q)
         ws->pub_head = p->next;
         hr_ws_pub_free(p);
     }
-    wslay_event_context_free(ws->ctx);
+    if (ws->ctx != NULL)
+        wslay_event_context_free(ws->ctx);
     ws->ctx = NULL;
     if (ws->prev != NULL)
         ws->prev->next = ws->next;
@@ -1035,24 +1093,6 @@ void hr_ws_open(hr_edge_t *edge, hr_http_conn_t *conn, const hr_http_request_t *
     hr_ws_t *ws = hr_calloc(1, sizeof *ws);
     ws->edge = edge;
     ws->conn = conn;
-    struct wslay_event_callbacks cbs = {
-        .recv_callback = hr_ws_recv_cb,
-        .send_callback = hr_ws_send_cb,
-        .on_frame_recv_start_callback = hr_ws_on_frame_start,
-        .on_msg_recv_callback = hr_ws_on_msg_recv,
-    };
-    if (wslay_event_context_server_init(&ws->ctx, &cbs, ws) != 0) {
-        hr_free(ws);
-        hr_edge_request_free(&parsed);
-        hr_http_close(conn);
-        return;
-    }
-    wslay_event_config_set_max_recv_msg_length(ws->ctx, (uint64_t)edge->config.ws_max_message);
-    ws->b_msgs = hr_calloc(HR_WS_BATCH_MAX, sizeof *ws->b_msgs);
-    ws->b_ptrs = hr_calloc(HR_WS_BATCH_MAX, sizeof *ws->b_ptrs);
-    ws->b_roots = hr_calloc(HR_WS_BATCH_MAX, sizeof *ws->b_roots);
-    ws->b_decoded = hr_calloc(HR_WS_BATCH_MAX, sizeof *ws->b_decoded);
-    ws->b_pubs = hr_calloc(HR_WS_BATCH_MAX, sizeof *ws->b_pubs);
     ws->q = hr_outq_new(edge, conn, &hr_ws_framing, ws);
     uv_timer_init(edge->loop, &ws->ping);
     ws->ping.data = ws;
