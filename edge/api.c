@@ -402,8 +402,9 @@ int hr_edge_publish_from_json(hr_edge_t *edge, json_t *obj, Herald__V1__PublishM
                  "encoding, idempotency_key) are strings");
         return 400;
     }
-    if (json_object_get(obj, "data") == NULL) {
-        snprintf(why, cap, "data is missing");
+    if (json_object_get(obj, "topic") == NULL || json_object_get(obj, "data") == NULL) {
+        snprintf(why, cap, "%s is missing",
+                 json_object_get(obj, "topic") == NULL ? "topic" : "data");
         return 400;
     }
     if (enc_len > 0) {

@@ -41,8 +41,9 @@ struct hr_outq {
     const hr_outq_framing_t *framing;
     void *framing_data;
     hr_outq_state_t state;
-    hr_outq_batch_t *queue;   /* not yet written; NULL when empty */
-    size_t inflight;          /* batches handed to the connection, not yet done */
+    bool slow_pending;      /* cut off for a full queue: the framing's `slow` output is still due */
+    hr_outq_batch_t *queue; /* not yet written; NULL when empty */
+    size_t inflight;        /* batches handed to the connection, not yet done */
     size_t inflight_messages; /* messages in those batches */
     hr_outq_t *dirty_next;    /* in the flush list while dirty */
     bool dirty;
@@ -298,6 +299,12 @@ static void hr_outq_flush_one(hr_outq_t *q)
         hr_outq_free_if_done(q);
         return;
     }
+    if (q->slow_pending) {
+        q->slow_pending = false;
+        hr_outq_final_json(q, q->framing->slow, "slow_consumer", 0);
+        if (q->dirty)
+            return; /* back on the flush list: this same check pass writes it */
+    }
     hr_outq_write_queued(q);
     if (q->state == HR_OUTQ_CUT_OFF && q->inflight == 0)
         hr_outq_end(q); /* nothing (more) to write */
@@ -339,8 +346,9 @@ int hr_outq_deliver(hr_subscriber_t *sub, hr_msg_t *msg, const char *cursor, siz
         HR_INFO(MOD, "event=slow_client transport=%s peer=%s pending_bytes=%zu",
                 hr_subscriber_transport(sub)->name, hr_http_conn_peer(q->conn),
                 hr_outq_pending_bytes(q));
-        if (q->framing->slow != NULL)
-            hr_outq_final_json(q, q->framing->slow, "slow_consumer", 0);
+        /* The last word goes out at the flush: by then the subscriber's cursor is back to the
+         * last message really queued (this one is refused). */
+        q->slow_pending = q->framing->slow != NULL;
         hr_outq_cut_off(q);
         return -ENOBUFS;
     }

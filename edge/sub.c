@@ -145,11 +145,14 @@ static int hr_sub_reset(hr_sub_topic_t *st, const char *reason, uint64_t next_se
 static int hr_sub_deliver(hr_sub_topic_t *st, hr_msg_t *msg)
 {
     hr_subscriber_t *sub = st->sub;
+    uint64_t epoch = st->epoch, seq = st->seq;
     hr_sub_set_position(st, msg->epoch, msg->seq);
     size_t len;
     const char *cursor = hr_subscriber_cursor(sub, &len);
     int rc = sub->transport->deliver(sub, msg, cursor, len);
     if (rc != 0) {
+        /* Not delivered: the cursor must not claim it (a transport's last word carries it). */
+        hr_sub_set_position(st, epoch, seq);
         hr_subscriber_stop(sub);
         return rc;
     }

@@ -773,9 +773,12 @@ static void hr_ws_on_frame_start(wslay_event_context_ptr ctx,
     uint64_t len = arg->payload_length;
     ws->frame_bytes = 2 + (len < 126 ? 0 : len <= 0xFFFF ? 2 : 8) + 4 + len;
     if (arg->opcode >= WSLAY_CONNECTION_CLOSE) {
-        /* RFC 6455 §5.5: a control frame is final and carries at most 125 bytes. (wslay refuses
-         * these too, but with a close frame that has no status code.) */
-        if ((arg->payload_length > 125 || !arg->fin) && ws->state == HR_WS_OPEN) {
+        /* RFC 6455 §5.5: a control frame is final and carries at most 125 bytes; a close body is
+         * empty or starts with a 2-byte code (§5.5.1). (wslay refuses the first two with a close
+         * frame that has no status code, and lets the last one through.) */
+        bool bad = arg->payload_length > 125 || !arg->fin ||
+                   (arg->opcode == WSLAY_CONNECTION_CLOSE && arg->payload_length == 1);
+        if (bad && ws->state == HR_WS_OPEN) {
             wslay_event_shutdown_read(ctx);
             ws->edge->metrics.ws_protocol_errors++;
             hr_ws_close(ws, WSLAY_CODE_PROTOCOL_ERROR, "invalid control frame");

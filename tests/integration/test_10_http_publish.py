@@ -136,6 +136,8 @@ def test_bad_batches_commit_nothing(broker, edge):
     bad(b'{"messages": []}')
     bad(b'{"messages": {"topic": "pub.bad"}}')
     bad(b'{"messages": [{"topic": "pub.bad", "data": 5}]}')
+    bad(b'{"messages": [{"topic": "pub.bad"}]}')  # data is required
+    bad(b'{"messages": [{"data": "x"}]}')  # and so is the topic
     bad(b'{"messages": [{"topic": "pub.bad", "data": "x", "encoding": "hex"}]}')
     bad(b'{"messages": [{"topic": "pub.bad", "data": "***", "encoding": "base64"}]}')
     bad(b'{"messages": [{"topic": "pub.bad", "data": "x", "event": "herald.x"}]}')
