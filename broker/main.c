@@ -8,11 +8,15 @@
 #include <stdio.h>
 #include <string.h>
 
-static hr_broker_t *hr_main_broker;
+static hr_broker_t *volatile hr_main_broker;
+/* A signal that arrived before the broker was serving (opening a large LMDB file takes time):
+ * stop as soon as it is open, cleanly, instead of dying mid-start. */
+static volatile sig_atomic_t hr_main_stop_requested;
 
 static void hr_main_on_signal(int sig)
 {
     (void)sig;
+    hr_main_stop_requested = 1;
     if (hr_main_broker != NULL)
         hr_broker_stop(hr_main_broker);
 }
@@ -51,14 +55,6 @@ int main(int argc, char **argv)
     }
     hr_log_threshold = level;
 
-    hr_broker_t *broker = NULL;
-    int rc = hr_broker_new(&broker, &config, err, sizeof err);
-    if (rc != 0) {
-        HR_ERROR("broker", "event=start_failed error=\"%s\"", err);
-        fprintf(stderr, "herald-broker: %s\n", err);
-        return 1;
-    }
-    hr_main_broker = broker;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = hr_main_on_signal;
@@ -67,6 +63,20 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    hr_broker_t *broker = NULL;
+    int rc = hr_broker_new(&broker, &config, err, sizeof err);
+    if (rc != 0) {
+        HR_ERROR("broker", "event=start_failed error=\"%s\"", err);
+        fprintf(stderr, "herald-broker: %s\n", err);
+        return 1;
+    }
+    hr_main_broker = broker;
+    if (hr_main_stop_requested) {
+        HR_INFO("broker", "event=stopped_before_serving");
+        hr_main_broker = NULL;
+        hr_broker_destroy(&broker);
+        return 0;
+    }
     rc = hr_broker_run(broker);
     hr_main_broker = NULL;
     hr_broker_destroy(&broker);

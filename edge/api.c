@@ -717,6 +717,55 @@ static void hr_api_history(hr_edge_t *edge, hr_http_conn_t *conn, const hr_http_
 
 /* ---- health, readiness, metrics ------------------------------------------------------------ */
 
+/* ---- broker stats, for /metrics ---------------------------------------------------------- */
+
+typedef struct {
+    hr_edge_t *edge;
+    uint32_t index;
+} hr_stats_call_t;
+
+static void hr_stats_on_reply(void *arg, int status, const hr_reply_t *reply)
+{
+    hr_stats_call_t *c = arg;
+    hr_edge_t *edge = c->edge;
+    if (status == 0 && reply->body_case == HERALD__V1__REPLY__BODY_STATS &&
+        c->index < edge->n_broker_stats) {
+        const Herald__V1__StatsReply *s = reply->stats;
+        edge->broker_stats[c->index] = (hr_broker_stats_t){
+            .known = true,
+            .map_size = s->map_size,
+            .map_used = s->map_used,
+            .topics = s->topics,
+            .messages_appended = s->messages_appended,
+            .messages_trimmed = s->messages_trimmed,
+        };
+    }
+    hr_free(c);
+}
+
+void hr_edge_poll_broker_stats(hr_edge_t *edge)
+{
+    uint32_t n = hr_brokers_count(edge->brokers);
+    if (n != edge->n_broker_stats) {
+        edge->broker_stats = hr_realloc(edge->broker_stats, n * sizeof *edge->broker_stats);
+        memset(edge->broker_stats, 0, n * sizeof *edge->broker_stats);
+        edge->n_broker_stats = n;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        if (!hr_brokers_up(edge->brokers, i))
+            continue;
+        Herald__V1__StatsRequest st = HERALD__V1__STATS_REQUEST__INIT;
+        hr_request_t req = HERALD__V1__REQUEST__INIT;
+        req.body_case = HERALD__V1__REQUEST__BODY_STATS;
+        req.stats = &st;
+        hr_stats_call_t *c = hr_calloc(1, sizeof *c);
+        c->edge = edge;
+        c->index = i;
+        if (hr_brokers_request_to(edge->brokers, i, &req, hr_stats_on_reply, c, NULL) != 0)
+            hr_free(c);
+    }
+}
+
 /* Partitions whose owning broker is down (0 before the partition map is known). */
 static uint32_t hr_api_partitions_unavailable(hr_brokers_t *b, json_t *list)
 {
@@ -849,6 +898,36 @@ static void hr_api_metrics(hr_edge_t *edge, hr_http_conn_t *conn)
     for (uint32_t i = 0; i < hr_brokers_count(edge->brokers); i++)
         hr_metric(&buf, &len, &cap, "herald_edge_broker_up{broker=\"%s\"} %d\n",
                   hr_brokers_endpoint(edge->brokers, i), hr_brokers_up(edge->brokers, i) ? 1 : 0);
+    static const struct {
+        const char *name, *type, *help;
+        size_t offset;
+    } bstats[] = {
+        {"herald_broker_map_size_bytes", "gauge", "The broker's LMDB map limit (--map-size).",
+         offsetof(hr_broker_stats_t, map_size)},
+        {"herald_broker_map_used_bytes", "gauge",
+         "LMDB pages in use at the broker; appends fail with storage_full at map_size.",
+         offsetof(hr_broker_stats_t, map_used)},
+        {"herald_broker_topics", "gauge", "Topic logs at the broker.",
+         offsetof(hr_broker_stats_t, topics)},
+        {"herald_broker_messages_appended_total", "counter", "Messages committed by the broker.",
+         offsetof(hr_broker_stats_t, messages_appended)},
+        {"herald_broker_messages_trimmed_total", "counter",
+         "Messages removed by the broker's retention.",
+         offsetof(hr_broker_stats_t, messages_trimmed)},
+    };
+    for (size_t k = 0; k < sizeof bstats / sizeof bstats[0]; k++) {
+        hr_metric(&buf, &len, &cap,
+                  "# HELP %s %s (Refreshed every few seconds by the edge.)\n# TYPE %s %s\n",
+                  bstats[k].name, bstats[k].help, bstats[k].name, bstats[k].type);
+        for (uint32_t i = 0; i < edge->n_broker_stats; i++) {
+            const hr_broker_stats_t *s = &edge->broker_stats[i];
+            if (s->known)
+                hr_metric(
+                    &buf, &len, &cap, "%s{broker=\"%s\"} %llu\n", bstats[k].name,
+                    hr_brokers_endpoint(edge->brokers, i),
+                    (unsigned long long)*(const uint64_t *)((const char *)s + bstats[k].offset));
+        }
+    }
     GAUGE("herald_edge_partitions", "Partitions of the cluster (P; 0 until known).",
           hr_brokers_partitions(edge->brokers));
     GAUGE("herald_edge_partitions_unavailable",

@@ -900,12 +900,22 @@ void hr_brokers_destroy(hr_brokers_t **brokers)
 int hr_brokers_request(hr_brokers_t *b, const char *topic, size_t topic_len, hr_request_t *req,
                        hr_brokers_reply_cb cb, void *arg, hr_brokers_call_t **call_out)
 {
-    assert(cb != NULL);
     if (call_out != NULL)
         *call_out = NULL;
     if (b->destroying || b->n_members == 0)
         return HR_E_UNAVAILABLE;
-    hr_brokers_conn_t *owner = b->members[hr_brokers_owner(b, topic, topic_len)];
+    return hr_brokers_request_to(b, hr_brokers_owner(b, topic, topic_len), req, cb, arg, call_out);
+}
+
+int hr_brokers_request_to(hr_brokers_t *b, uint32_t index, hr_request_t *req,
+                          hr_brokers_reply_cb cb, void *arg, hr_brokers_call_t **call_out)
+{
+    assert(cb != NULL);
+    if (call_out != NULL)
+        *call_out = NULL;
+    if (b->destroying || index >= b->n_members)
+        return HR_E_UNAVAILABLE;
+    hr_brokers_conn_t *owner = b->members[index];
     hr_brokers_call_t *call = hr_calloc(1, sizeof *call);
     call->brokers = b;
     call->request_id = b->next_id++;

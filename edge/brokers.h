@@ -106,6 +106,11 @@ int hr_brokers_request(hr_brokers_t *brokers, const char *topic, size_t topic_le
                        hr_request_t *req, hr_brokers_reply_cb cb, void *arg,
                        hr_brokers_call_t **call);
 
+/* As hr_brokers_request, to broker `index` of the cluster list (stats, for metrics). Returns
+ * HR_E_UNAVAILABLE at once for an index that is not (yet) in the list. */
+int hr_brokers_request_to(hr_brokers_t *brokers, uint32_t index, hr_request_t *req,
+                          hr_brokers_reply_cb cb, void *arg, hr_brokers_call_t **call);
+
 /* Cancel a call: its callback will not run (a reply that arrives later is dropped). Safe at any
  * time the handle is valid, including from inside another call's callback; from inside the
  * call's own callback it does nothing. NULL does nothing. */

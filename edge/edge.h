@@ -88,6 +88,14 @@ typedef struct {
 
 typedef struct hr_registry hr_registry_t;
 
+/* The last StatsReply figures of one broker, for /metrics (an edge is the place Prometheus
+ * scrapes; brokers speak only ZeroMQ). */
+typedef struct {
+    bool known;                  /* a reply has arrived */
+    uint64_t map_size, map_used; /* bytes */
+    uint64_t topics, messages_appended, messages_trimmed;
+} hr_broker_stats_t;
+
 typedef struct hr_edge {
     uv_loop_t *loop;
     hr_edge_config_t config;
@@ -95,12 +103,18 @@ typedef struct hr_edge {
     hr_brokers_t *brokers;
     hr_registry_t *registry;
     hr_edge_metrics_t metrics;
-    bool draining; /* SIGTERM received: /readyz is false */
+    bool draining;                   /* SIGTERM received: /readyz is false */
+    hr_broker_stats_t *broker_stats; /* by broker index; n_broker_stats entries */
+    uint32_t n_broker_stats;
     uint64_t started_ms;
 } hr_edge_t;
 
 /* The HTTP handler: routes a request to the API or a transport (api.c). */
 void hr_edge_handle_request(void *edge, hr_http_conn_t *conn, const hr_http_request_t *req);
+
+/* Ask every broker that is up for its stats (a StatsRequest each); the replies refresh
+ * edge->broker_stats. Called on a timer. */
+void hr_edge_poll_broker_stats(hr_edge_t *edge);
 
 /* Record one publish's commit latency. */
 void hr_edge_observe_latency(hr_edge_t *edge, double ms);

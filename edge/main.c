@@ -19,6 +19,9 @@
 
 #define MOD "edge"
 
+/* How often the edge refreshes the brokers' figures it exports in /metrics. */
+#define HR_BROKER_STATS_INTERVAL_MS 5000
+
 const hr_option_t hr_edge_options[] = {
 #define OPT(name, type, def, min, max, field, help)                                                \
     {                                                                                              \
@@ -88,7 +91,8 @@ typedef struct {
     uv_signal_t sigterm, sigint;
     uv_timer_t drain_timer;
     uv_timer_t heartbeat_timer;
-    int stage; /* 0 serving, 1 draining (grace), 2 closing clients, 3 done */
+    uv_timer_t stats_timer; /* brokers' stats for /metrics */
+    int stage;              /* 0 serving, 1 draining (grace), 2 closing clients, 3 done */
 } hr_edge_main_t;
 
 static void hr_main_on_live(void *arg, const Herald__V1__Message *msg, const uint8_t *frame,
@@ -113,6 +117,11 @@ static void hr_main_on_heartbeat(uv_timer_t *timer)
 {
     hr_edge_t *edge = timer->data;
     hr_registry_heartbeat(edge->registry);
+}
+
+static void hr_main_on_stats(uv_timer_t *timer)
+{
+    hr_edge_poll_broker_stats(timer->data);
 }
 
 static void hr_main_close_walk(uv_handle_t *handle, void *arg)
@@ -156,6 +165,19 @@ static void hr_main_on_drain_timer(uv_timer_t *timer)
 static void hr_main_on_signal(uv_signal_t *handle, int signum)
 {
     hr_edge_main_t *m = handle->data;
+    if (m->stage == 1) {
+        /* A second signal cuts the grace short: clients get their cursors now. */
+        HR_INFO(MOD, "event=drain_hurried signal=%d", signum);
+        uv_timer_start(&m->drain_timer, hr_main_on_drain_timer, 0, 0);
+        return;
+    }
+    if (m->stage == 2) {
+        /* A third: stop without waiting for slow clients to take their last bytes. */
+        HR_INFO(MOD, "event=stop_now signal=%d connections=%zu", signum,
+                hr_http_server_connections(m->edge.http));
+        hr_main_finish(m);
+        return;
+    }
     if (m->stage != 0)
         return;
     HR_INFO(MOD, "event=draining signal=%d grace_ms=%lld", signum,
@@ -169,6 +191,14 @@ static void hr_main_on_signal(uv_signal_t *handle, int signum)
 int main(int argc, char **argv)
 {
     static hr_edge_main_t m;
+    /* A SIGTERM during start-up waits until the drain handler is installed (below), so the edge
+     * still exits cleanly (0) rather than dying half-started. */
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGINT);
+    sigprocmask(SIG_BLOCK, &stop_signals, NULL);
+
     hr_edge_t *edge = &m.edge;
     char *positional[1];
     size_t n_positional;
@@ -244,11 +274,16 @@ int main(int argc, char **argv)
     uv_timer_start(&m.heartbeat_timer, hr_main_on_heartbeat, (uint64_t)edge->config.heartbeat,
                    (uint64_t)edge->config.heartbeat);
     uv_unref((uv_handle_t *)&m.heartbeat_timer);
+    uv_timer_init(edge->loop, &m.stats_timer);
+    m.stats_timer.data = edge;
+    uv_timer_start(&m.stats_timer, hr_main_on_stats, 1000, HR_BROKER_STATS_INTERVAL_MS);
+    uv_unref((uv_handle_t *)&m.stats_timer);
     uv_signal_init(edge->loop, &m.sigterm);
     uv_signal_init(edge->loop, &m.sigint);
     m.sigterm.data = m.sigint.data = &m;
     uv_signal_start(&m.sigterm, hr_main_on_signal, SIGTERM);
     uv_signal_start(&m.sigint, hr_main_on_signal, SIGINT);
+    sigprocmask(SIG_UNBLOCK, &stop_signals, NULL);
     uv_timer_init(edge->loop, &m.drain_timer);
     m.drain_timer.data = &m;
     HR_INFO(MOD, "event=serving listen=%s brokers=%s", edge->config.listen, edge->config.brokers);
@@ -258,6 +293,7 @@ int main(int argc, char **argv)
     hr_http_server_destroy(&edge->http);
     hr_registry_destroy(&edge->registry);
     hr_brokers_destroy(&edge->brokers);
+    hr_free(edge->broker_stats);
     hr_outq_stop();
     hr_poll_stop();
     uv_walk(edge->loop, hr_main_close_walk, NULL);
