@@ -229,7 +229,9 @@ def test_metrics_are_prometheus_text_named_herald_edge(edge):
                              r'(\d+(\.\d+)?)$', line)
                 assert m, f"not a sample line: {line!r}"
                 names.add(m.group(1))
-        assert all(n.startswith("herald_edge_") for n in names | typed), names | typed
+        # the edge's own figures, and the brokers' as the edge last read them
+        assert all(n.startswith(("herald_edge_", "herald_broker_")) for n in names | typed), \
+            names | typed
         assert typed == helped
         for n in names:
             base = re.sub(r"_(bucket|sum|count)$", "", n)
