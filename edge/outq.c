@@ -301,7 +301,7 @@ static void hr_outq_flush_one(hr_outq_t *q)
     }
     if (q->slow_pending) {
         q->slow_pending = false;
-        hr_outq_final_json(q, q->framing->slow, "slow_consumer", 0);
+        hr_outq_final_json(q, q->framing->slow, "slow_consumer", (uint64_t)q->edge->config.retry);
         if (q->dirty)
             return; /* back on the flush list: this same check pass writes it */
     }

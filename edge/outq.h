@@ -38,8 +38,8 @@ typedef struct {
     void (*shutdown)(hr_outq_t *q, const char *json, const char *cursor, size_t cursor_len,
                      uint64_t retry_ms);
     /* Optional. The last output to a client cut off for its full queue: `json` is as for
-     * shutdown with "reason":"slow_consumer" and retry_ms 0. Without it the stream just ends
-     * (its last message carries the cursor). */
+     * shutdown with "reason":"slow_consumer" and retry_ms = --retry. Without it the stream just
+     * ends (its last message carries the cursor). */
     void (*slow)(hr_outq_t *q, const char *json, const char *cursor, size_t cursor_len,
                  uint64_t retry_ms);
     /* Optional. The queue has drained below half its bound after a write. */

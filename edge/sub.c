@@ -58,6 +58,7 @@ struct hr_subscriber {
     size_t cursor_len, cursor_cap;
     bool cursor_dirty;
     bool stopped;
+    bool positioned; /* the transport was told every topic has a position */
 };
 
 /* A topic with local subscribers. */
@@ -306,6 +307,11 @@ static void hr_sub_start_waiting(hr_subscriber_t *sub)
     for (size_t i = 0; i < sub->n_topics; i++)
         if (sub->topics[i].state == HR_ST_HEAD)
             return;
+    if (!sub->positioned && !sub->stopped) {
+        sub->positioned = true;
+        if (sub->transport->positioned != NULL)
+            sub->transport->positioned(sub);
+    }
     for (size_t i = 0; i < sub->n_topics && !sub->stopped; i++)
         if (sub->topics[i].state == HR_ST_START)
             hr_sub_topic_catchup(&sub->topics[i]);

@@ -66,6 +66,11 @@ typedef struct {
     /* Optional. Every topic has read its history and is in step with the live stream (called
      * each time this becomes true; a long poll answers then if it holds messages). */
     void (*caught_up)(hr_subscriber_t *sub);
+    /* Optional. Every topic has a position — the heads of the topics that start from "now" are
+     * known — so the cursor names every topic and every message committed from here on will be
+     * delivered. Called once per subscriber, possibly from inside hr_subscriber_new; not while
+     * a topic's broker is unreachable (then once it answers). */
+    void (*positioned)(hr_subscriber_t *sub);
 } hr_transport_t;
 
 /* Create the registry (one per edge) and free it. */

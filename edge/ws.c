@@ -98,6 +98,7 @@ struct hr_ws {
     char **topics;
     size_t *lens;
     size_t n_topics;
+    json_t *pending_subscribes; /* `req`s (or null) of subscribes not answered yet */
     /* publishes: answers are sent in arrival order */
     hr_ws_pub_t *pub_head, *pub_tail;
     size_t n_pubs;
@@ -283,6 +284,8 @@ static const hr_outq_framing_t hr_ws_framing = {
     .closed = hr_ws_closed,
 };
 
+static void hr_ws_positioned(hr_subscriber_t *sub);
+
 static const hr_transport_t hr_ws_transport = {
     .name = "ws",
     .id = HR_TRANSPORT_WS,
@@ -290,6 +293,7 @@ static const hr_transport_t hr_ws_transport = {
     .reset = hr_outq_reset,
     .pending_bytes = hr_outq_pending,
     .shutdown = hr_outq_shutdown,
+    .positioned = hr_ws_positioned,
 };
 
 /* ---- flow control ------------------------------------------------------------------------- */
@@ -565,14 +569,33 @@ static void hr_ws_add_topics(hr_ws_t *ws, char **names, size_t *lens, size_t n,
         ws->topics[ws->n_topics] = names[i];
         ws->lens[ws->n_topics++] = lens[i];
     }
+    /* Answered by hr_ws_positioned, once every topic's position is known. */
+    json_array_append_new(ws->pending_subscribes, req != NULL ? json_string(req) : json_null());
     hr_outq_subscribe(ws->q, &hr_ws_transport, (const char *const *)ws->topics, ws->lens,
                       ws->n_topics, &merged, untrusted);
     hr_cursor_reset(&merged);
-    hr_ws_send_json(ws,
-                    json_pack("{s:s, s:o, s:o}", "type", "subscribed", "topics",
-                              hr_ws_topics_json(ws->topics, ws->lens, ws->n_topics), "cursor",
-                              hr_ws_cursor_json(ws)),
-                    req);
+}
+
+/* The subscription knows where every topic starts: answer the subscribes that built it. From
+ * here on every committed message of its topics reaches the client, so a client may publish
+ * once it has `subscribed` and count on receiving it. */
+static void hr_ws_positioned(hr_subscriber_t *sub)
+{
+    hr_outq_t *q = hr_subscriber_data(sub);
+    hr_ws_t *ws = hr_outq_framing_data(q);
+    size_t len;
+    const char *cursor = hr_subscriber_cursor(sub, &len);
+    size_t i;
+    json_t *req;
+    json_array_foreach(ws->pending_subscribes, i, req)
+    {
+        hr_ws_send_json(ws,
+                        json_pack("{s:s, s:o, s:s%}", "type", "subscribed", "topics",
+                                  hr_ws_topics_json(ws->topics, ws->lens, ws->n_topics), "cursor",
+                                  cursor, len),
+                        json_string_value(req));
+    }
+    json_array_clear(ws->pending_subscribes);
 }
 
 static void hr_ws_on_subscribe(hr_ws_t *ws, json_t *root, const char *req)
@@ -923,6 +946,7 @@ static void hr_ws_free(uv_handle_t *handle)
     hr_free(ws->topics);
     hr_free(ws->lens);
     hr_free(ws->items);
+    json_decref(ws->pending_subscribes);
     hr_free(ws);
 }
 
@@ -1096,6 +1120,7 @@ void hr_ws_open(hr_edge_t *edge, hr_http_conn_t *conn, const hr_http_request_t *
     hr_ws_t *ws = hr_calloc(1, sizeof *ws);
     ws->edge = edge;
     ws->conn = conn;
+    ws->pending_subscribes = json_array();
     ws->q = hr_outq_new(edge, conn, &hr_ws_framing, ws);
     uv_timer_init(edge->loop, &ws->ping);
     ws->ping.data = ws;
