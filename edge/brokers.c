@@ -235,6 +235,16 @@ static void hr_brokers_set_up(hr_brokers_conn_t *c, bool up)
         /* Ask again: a broker that restarts may come back with another live endpoint. */
         c->hello_due = true;
         c->hello_next_ms = 0;
+        /* Start the connections afresh. Requests still queued for a broker that stopped
+         * answering are dropped here — their callers get `unavailable` at their deadline —
+         * rather than delivered (and committed) long after the caller was told 503; and a TCP
+         * connection left behind by a network partition would keep its retransmission backoff
+         * for about as long as the partition lasted. */
+        if (c->dealer_raw != NULL && zmq_disconnect(c->dealer_raw, c->endpoint) == 0)
+            zmq_connect(c->dealer_raw, c->endpoint);
+        if (c->sub_raw != NULL && c->live_endpoint != NULL &&
+            zmq_disconnect(c->sub_raw, c->live_endpoint) == 0)
+            zmq_connect(c->sub_raw, c->live_endpoint);
     }
     if (b->opts.on_state != NULL) {
         b->in_callback++;
@@ -322,6 +332,17 @@ static int hr_brokers_poll_start(hr_brokers_conn_t *c, void *raw, uv_poll_t *pol
     return uv_poll_start(poll, UV_READABLE, cb);
 }
 
+/* ZMTP heartbeats (RFC 37): a connection whose peer stops answering PINGs within the down
+ * delay is dropped and redialled by ZeroMQ itself, so a half-open TCP connection (a network
+ * partition, a host that vanished) does not hold requests or live messages. */
+static void hr_brokers_keepalive(void *raw, uint64_t down_after_ms)
+{
+    int ivl = (int)(down_after_ms / 3 > 100 ? down_after_ms / 3 : 100);
+    int timeout = (int)down_after_ms;
+    zmq_setsockopt(raw, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl);
+    zmq_setsockopt(raw, ZMQ_HEARTBEAT_TIMEOUT, &timeout, sizeof timeout);
+}
+
 /* A new connection with its DEALER connected to `endpoint` (`len` bytes). Returns NULL with
  * `err` set when the socket cannot be created or the endpoint is not one ZeroMQ can dial. */
 static hr_brokers_conn_t *hr_brokers_conn_new(hr_brokers_t *b, const char *endpoint, size_t len,
@@ -344,6 +365,7 @@ static hr_brokers_conn_t *hr_brokers_conn_new(hr_brokers_t *b, const char *endpo
     zsock_set_immediate(c->dealer, 1);
     zsock_set_sndhwm(c->dealer, HR_BROKERS_DEALER_HWM);
     zsock_set_rcvhwm(c->dealer, HR_BROKERS_DEALER_HWM);
+    hr_brokers_keepalive(raw, b->opts.down_after_ms);
     if (zmq_connect(raw, c->endpoint) != 0) {
         snprintf(err, errlen, "cannot connect to broker %s: %s", c->endpoint,
                  zmq_strerror(zmq_errno()));
@@ -390,6 +412,7 @@ static void hr_brokers_sub_connect(hr_brokers_conn_t *c, const char *live)
     }
     void *raw = zsock_resolve(sub);
     zsock_set_linger(sub, 0);
+    hr_brokers_keepalive(raw, b->opts.down_after_ms);
     if (b->opts.hwm > 0)
         zsock_set_rcvhwm(sub, b->opts.hwm);
     /* Heartbeat frames start with a NUL byte, which no topic name can (DESIGN.md §Data model). */

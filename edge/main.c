@@ -265,6 +265,10 @@ int main(int argc, char **argv)
     if (rc != 0) {
         HR_ERROR(MOD, "event=start_failed error=\"%s\"", err);
         fprintf(stderr, "herald-edge: %s\n", err);
+        hr_registry_destroy(&edge->registry);
+        hr_brokers_destroy(&edge->brokers);
+        uv_walk(edge->loop, hr_main_close_walk, NULL);
+        uv_run(edge->loop, UV_RUN_DEFAULT);
         return 1;
     }
     hr_outq_start(edge);

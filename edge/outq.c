@@ -51,10 +51,19 @@ struct hr_outq {
     bool grace_started;
 };
 
-/* Queues with output, flushed by the uv_check handle once per loop iteration. */
+/* Queues with output, flushed by the uv_check handle once per loop iteration. While the list is
+ * not empty an idle handle is active, so the loop does not block in its poll phase before the
+ * check runs: output queued from an idle or timer callback (a broker reply drained on the
+ * brokers' idle pass) leaves in this iteration, not after the next event. */
 static hr_outq_t *hr_outq_dirty;
 static uv_check_t hr_outq_flush_check;
+static uv_idle_t hr_outq_nudge;
 static bool hr_outq_started;
+
+static void hr_outq_on_nudge(uv_idle_t *idle)
+{
+    (void)idle; /* its being active is the point: a zero poll timeout */
+}
 
 static void hr_outq_batch_free(hr_outq_batch_t *b)
 {
@@ -81,6 +90,8 @@ static void hr_outq_mark_dirty(hr_outq_t *q)
     if (!q->dirty) {
         q->dirty = true;
         q->dirty_next = hr_outq_dirty;
+        if (hr_outq_dirty == NULL && hr_outq_started)
+            uv_idle_start(&hr_outq_nudge, hr_outq_on_nudge);
         hr_outq_dirty = q;
     }
 }
@@ -318,6 +329,7 @@ static void hr_outq_on_check(uv_check_t *check)
         hr_outq_dirty = q->dirty_next;
         hr_outq_flush_one(q);
     }
+    uv_idle_stop(&hr_outq_nudge);
 }
 
 static bool hr_outq_over_limit(hr_outq_t *q)
@@ -465,6 +477,8 @@ void hr_outq_start(hr_edge_t *edge)
     uv_check_init(edge->loop, &hr_outq_flush_check);
     uv_check_start(&hr_outq_flush_check, hr_outq_on_check);
     uv_unref((uv_handle_t *)&hr_outq_flush_check);
+    uv_idle_init(edge->loop, &hr_outq_nudge);
+    uv_unref((uv_handle_t *)&hr_outq_nudge);
 }
 
 void hr_outq_stop(void)
@@ -473,4 +487,5 @@ void hr_outq_stop(void)
         return;
     hr_outq_started = false;
     uv_close((uv_handle_t *)&hr_outq_flush_check, NULL);
+    uv_close((uv_handle_t *)&hr_outq_nudge, NULL);
 }

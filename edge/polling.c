@@ -357,12 +357,17 @@ void hr_poll_open(hr_edge_t *edge, hr_http_conn_t *conn, const hr_http_request_t
     hr_edge_request_t parsed;
     if (hr_edge_parse_subscription(edge, conn, req, &parsed) != 0)
         return; /* answered with the error */
-    /* A topic whose broker is known to be down cannot be read: say so now rather than after
-     * the wait (the client keeps its cursor and retries). */
-    for (size_t i = 0; i < parsed.n_topics; i++) {
-        if (hr_brokers_count(edge->brokers) == 0 ||
-            !hr_brokers_up(edge->brokers, hr_brokers_owner(edge->brokers, parsed.topics[i],
-                                                           parsed.topic_lens[i]))) {
+    /* When no topic of the poll can be read (every owning broker is known to be down), say so
+     * now rather than after the wait; the client keeps its cursor and retries. A poll with
+     * some reachable topics is answered from those; the others keep their positions. */
+    size_t unreachable = 0;
+    for (size_t i = 0; i < parsed.n_topics; i++)
+        unreachable +=
+            hr_brokers_count(edge->brokers) == 0 ||
+            !hr_brokers_up(edge->brokers,
+                           hr_brokers_owner(edge->brokers, parsed.topics[i], parsed.topic_lens[i]));
+    {
+        if (unreachable == parsed.n_topics) {
             hr_edge_request_free(&parsed);
             static const hr_http_header_t retry = {"Retry-After", 11, "1", 1};
             static const char body[] = "{\"error\":{\"code\":\"unavailable\",\"message\":"

@@ -187,14 +187,27 @@ static void hr_sub_topic_wait(hr_sub_topic_t *st, hr_sub_state_t redo)
 /* Catch-up finished a page at the broker's head: join the live stream, unless the live path has
  * already moved past our position (messages that arrived while we read the log). */
 /* Tell the transport when every topic is in step with the live stream. */
+/* A topic whose broker is down does not hold the others back: what it has cannot be read
+ * until the broker returns (its position stays in the cursor), and the reachable topics are
+ * answered meanwhile (DESIGN.md: other partitions are unaffected). */
 static void hr_sub_check_caught_up(hr_subscriber_t *sub)
 {
     if (sub->stopped || sub->transport->caught_up == NULL)
         return;
-    for (size_t i = 0; i < sub->n_topics; i++)
-        if (sub->topics[i].state != HR_ST_LIVE)
+    hr_brokers_t *brokers = sub->edge->brokers;
+    size_t live = 0;
+    for (size_t i = 0; i < sub->n_topics; i++) {
+        const hr_sub_topic_t *st = &sub->topics[i];
+        if (st->state == HR_ST_LIVE) {
+            live++;
+            continue;
+        }
+        if (hr_brokers_count(brokers) == 0 ||
+            hr_brokers_up(brokers, hr_brokers_owner(brokers, st->topic->name, st->topic->len)))
             return;
-    sub->transport->caught_up(sub);
+    }
+    if (live > 0)
+        sub->transport->caught_up(sub);
 }
 
 static void hr_sub_topic_go_live(hr_sub_topic_t *st)
@@ -507,8 +520,12 @@ void hr_registry_on_live(hr_registry_t *r, const Herald__V1__Message *m)
 
 void hr_registry_on_broker_state(hr_registry_t *r, uint32_t index, bool up)
 {
-    if (!up)
+    if (!up) {
+        /* Its topics no longer hold back subscribers that also read reachable ones. */
+        for (hr_subscriber_t *sub = r->subs; sub != NULL; sub = sub->next)
+            hr_sub_check_caught_up(sub);
         return;
+    }
     /* After losing and regaining a broker, anything it committed meanwhile reached no one:
      * backfill every topic it owns from where the live path stopped. */
     for (hr_topic_t *t = zhashx_first(r->topics); t != NULL; t = zhashx_next(r->topics)) {

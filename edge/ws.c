@@ -119,7 +119,8 @@ struct hr_ws {
      * `fragmented` says a data message continues in a later frame. */
     uint64_t fed, framed, frame_bytes;
     bool fragmented;
-    bool paused; /* reading stopped: too many publishes in flight or too much queued */
+    bool in_recv; /* inside wslay_event_recv: its context must stay */
+    bool paused;  /* reading stopped: too many publishes in flight or too much queued */
     uv_timer_t ping;
     bool awaiting_pong;
     hr_ws_t *prev, *next; /* hr_ws_all */
@@ -171,6 +172,7 @@ static void hr_ws_send_text(hr_ws_t *ws, const char *text, size_t len)
     struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)text, len};
     if (wslay_event_queue_msg(hr_ws_ctx(ws), &m) == 0)
         hr_ws_flush_wslay(ws);
+    hr_ws_release_ctx(ws); /* an answer sent outside a read (subscribed, published, reset) */
 }
 
 /* Serialise and send `obj` (reference taken over), with "req" when the request had one. */
@@ -855,8 +857,8 @@ static ssize_t hr_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
  * wslay's callbacks. */
 static void hr_ws_release_ctx(hr_ws_t *ws)
 {
-    if (ws->ctx == NULL || ws->state != HR_WS_OPEN || ws->fed != ws->framed || ws->fragmented ||
-        wslay_event_want_write(ws->ctx))
+    if (ws->ctx == NULL || ws->in_recv || ws->state != HR_WS_OPEN || ws->fed != ws->framed ||
+        ws->fragmented || wslay_event_want_write(ws->ctx))
         return;
     wslay_event_context_free(ws->ctx);
     ws->ctx = NULL;
@@ -870,7 +872,9 @@ static void hr_ws_on_read(void *arg, const char *data, size_t len)
         return;
     ws->in = (const uint8_t *)data;
     ws->in_len = len;
+    ws->in_recv = true;
     int rc = wslay_event_recv(hr_ws_ctx(ws));
+    ws->in_recv = false;
     ws->in_len = 0;
     hr_ws_batch_send(ws);
     hr_ws_flush_wslay(ws);
