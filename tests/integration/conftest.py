@@ -1169,7 +1169,7 @@ class AsyncSubscriber:
                 return
 
 
-# ---- browser tests: chromium driven by node + playwright-core behind HAProxy (15, 24) ------------
+# ---- browser tests: chromium driven by node + playwright-core behind HAProxy (15, 24, 33, 4x) ---
 
 CHROMIUM = Path("/usr/bin/chromium")
 BROWSER_DIR = SOURCE_DIR / "tests" / "browser"
@@ -1182,7 +1182,8 @@ browser_marks = [
 
 HAPROXY_CFG = """\
 global
-    maxconn 2000
+    maxconn {maxconn}
+    stats socket {socket} mode 600 level admin
 
 defaults
     mode http
@@ -1197,23 +1198,42 @@ defaults
 
 frontend herald
     bind 127.0.0.1:{port}
+    maxconn {maxconn}
     default_backend edges
 
 backend edges
-    # the first edge takes every connection while it is up: the browser starts on edge a
-    balance first
+    balance {balance}
     option httpchk GET /readyz
     http-check expect status 200
-    server a 127.0.0.1:{port_a} check inter 200ms fall 2 rise 1
-    server b 127.0.0.1:{port_b} check inter 200ms fall 2 rise 1
-"""
+{servers}"""
+
+HAPROXY_SERVER = "    server {name} 127.0.0.1:{port} check inter 200ms fall 2 rise 1{extra}\n"
 
 
-def start_haproxy(tmp_path, port, edge_a, edge_b):
-    """HAProxy on 127.0.0.1:`port` in front of two edges (HAPROXY_CFG); returns its Popen."""
+def start_haproxy(tmp_path, port, *edges, balance="first", spare=0, maxconn=2000):
+    """HAProxy on 127.0.0.1:`port` in front of `edges` (Edge objects, or one list of them),
+    servers e0, e1, ... in that order (HAPROXY_CFG); returns its Popen.
+
+    balance "first" (the default) sends every connection to the first edge that is up, so a
+    browser test knows where its page starts; "roundrobin" or "leastconn" spread clients.
+    `spare` servers spare0, spare1, ... start disabled: haproxy_add_edge() points one at a new
+    edge at run time (the admin socket, no reload, no stream cut)."""
+    if len(edges) == 1 and isinstance(edges[0], (list, tuple)):
+        edges = tuple(edges[0])
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    sock = tmp_path / "haproxy.sock"
+    if len(str(sock)) > 100:  # sun_path holds 108 bytes
+        short = tempfile.mkdtemp(prefix="herald-hap-")
+        atexit.register(shutil.rmtree, short, True)
+        sock = Path(short) / "s.sock"
+    servers = "".join(HAPROXY_SERVER.format(name=f"e{i}", port=e.port, extra="")
+                      for i, e in enumerate(edges))
+    # a spare slot's placeholder address is never dialled: it stays in maintenance until used
+    servers += "".join(HAPROXY_SERVER.format(name=f"spare{i}", port=1, extra=" disabled")
+                       for i in range(spare))
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(HAPROXY_CFG.format(port=port, port_a=edge_a.port, port_b=edge_b.port))
+    cfg.write_text(HAPROXY_CFG.format(port=port, socket=sock, balance=balance, maxconn=maxconn,
+                                      servers=servers))
     check = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True,
                            timeout=20)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -1221,7 +1241,58 @@ def start_haproxy(tmp_path, port, edge_a, edge_b):
     proc = track(subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdin=subprocess.DEVNULL,
                                   stdout=log, stderr=subprocess.STDOUT))
     log.close()
+    proc.admin_socket = sock
+    proc.spare_slots = [f"spare{i}" for i in range(spare)]
     return proc
+
+
+def haproxy_command(proc, command, timeout=5.0):
+    """One command on HAProxy's admin socket (start_haproxy); returns its answer as text."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(timeout)
+                s.connect(str(proc.admin_socket))
+                s.sendall(command.encode() + b"\n")
+                out = b""
+                while chunk := s.recv(65536):
+                    out += chunk
+                return out.decode(errors="replace")
+        except (FileNotFoundError, ConnectionRefusedError):
+            # HAProxy creates the socket while it starts
+            assert proc.poll() is None, f"haproxy exited with {proc.returncode}"
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def haproxy_servers(proc):
+    """{server name: status} of the edges backend ("UP", "DOWN", "MAINT", ...)."""
+    lines = haproxy_command(proc, "show stat").splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    out = {}
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(",")))
+        if row.get("pxname") == "edges" and row.get("svname") not in (None, "BACKEND"):
+            out[row["svname"]] = row["status"]
+    return out
+
+
+def haproxy_add_edge(proc, edge, timeout=10.0):
+    """Point the next spare slot of `proc` at `edge` and enable it; returns once HAProxy's health
+    check has it UP. Returns the slot's name."""
+    assert proc.spare_slots, "no spare HAProxy slot left (start_haproxy(spare=...))"
+    name = proc.spare_slots.pop(0)
+    for cmd in (f"set server edges/{name} addr 127.0.0.1 port {edge.port}",
+                f"set server edges/{name} state ready"):
+        answer = haproxy_command(proc, cmd).strip()
+        assert answer == "" or "changed" in answer, (cmd, answer)
+    deadline = time.monotonic() + timeout
+    while (status := haproxy_servers(proc).get(name)) != "UP":
+        assert time.monotonic() < deadline, f"HAProxy slot {name} is {status} after {timeout} s"
+        time.sleep(0.05)
+    return name
 
 
 def wait_http(url, timeout=10.0):
@@ -1283,6 +1354,70 @@ class NodeScript:
                 pass
         end_process(self.proc)
         self.stderr.close()
+
+
+def browser_sse_failover(tmp_path, edges, publish, head_fetches, topic, n=30, pause_at=10):
+    """The browser failover of tests 15 and 43: chromium (tests/browser/sse_failover.mjs) opens
+    the edge's demo page for `topic` through HAProxy in front of `edges` (balance first: the
+    page starts on edges[0]). Once the page's subscription has asked for the topic's head
+    (`head_fetches()`, the owning broker's fetch count, moves), m1..m<pause_at> are published
+    with `publish(data)` (returns the answer's {"id": ...}); then edges[0] is SIGKILLed and the
+    rest published while the browser is away; its own EventSource comes back through HAProxy
+    on edges[1] with Last-Event-ID. Asserts the page ends with m1..m<n>, once each, in order,
+    with the published ids and no reset."""
+    a, b = edges[0], edges[1]
+
+    def sse_connections(edge):
+        return edge.metrics()['herald_edge_connections{transport="sse"}']
+
+    proxy_port = free_port()
+    haproxy = start_haproxy(tmp_path, proxy_port, edges)
+    node = None
+    try:
+        wait_http(f"http://127.0.0.1:{proxy_port}/readyz")
+        fetches = head_fetches()
+        screenshot = tmp_path / "browser-failover.png"
+        node = NodeScript(BROWSER_DIR / "sse_failover.mjs",
+                          ["--url", f"http://127.0.0.1:{proxy_port}/?topic={topic}",
+                           "--user-data-dir", str(tmp_path / "chromium-profile"),
+                           "--screenshot", str(screenshot), "--expect", str(n),
+                           "--pause-at", str(pause_at), "--timeout-ms", "90000"],
+                          tmp_path / "node-stderr.log")
+        node.expect("connected", 60)
+        # the page subscribes with no cursor (new messages only): its edge asks the owning
+        # broker for the topic's head, the one fetch since `fetches` was read; publish once it
+        # is answered
+        deadline = time.monotonic() + 10
+        while head_fetches() == fetches:
+            assert time.monotonic() < deadline, "the page's subscription never asked"
+            time.sleep(0.02)
+        time.sleep(0.05)
+        assert [sse_connections(e) for e in edges] == [1] + [0] * (len(edges) - 1)
+        sent = [publish(f"m{i}") for i in range(1, pause_at + 1)]
+        node.expect("reached", 30)
+
+        a.kill()  # SIGKILL the edge the browser is on
+        sent += [publish(f"m{i}") for i in range(pause_at + 1, n + 1)]
+        # all were committed before the browser came back (it waits retry: 300 ms), so only a
+        # resume from its Last-Event-ID can bring them
+        assert sse_connections(b) == 0
+        done = node.expect("done", 60)
+        assert node.proc.wait(timeout=30) == 0
+
+        received = done["received"]
+        assert [m["data"] for m in received] == [f"m{i}" for i in range(1, n + 1)], received
+        assert all(m["topic"] == topic for m in received)
+        assert [m["id"] for m in received] == [r["id"] for r in sent]
+        assert not any(line.startswith("reset") for line in done["log"]), done["log"]
+        assert done["status"] == f"connected to {topic}"
+        # the browser came back through the proxy, on edge b, with its Last-Event-ID
+        assert sse_connections(b) == 1
+        assert screenshot.exists() and screenshot.stat().st_size > 0
+        print(f"screenshot: {screenshot}")
+    finally:
+        if node is not None:
+            node.stop()
+        end_process(haproxy)
 
 
 # ---- cursors (proto/cursor.h, format 'a'), for tests that need one the edge never issued --------
@@ -1357,3 +1492,164 @@ def assert_error(resp, status, code):
     assert body["error"]["code"] == code, body
     assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
     return body
+
+
+# ---- clusters (tests 4x) -------------------------------------------------------------------------
+#
+# N herald-brokers forming one cluster (--cluster, --node-id, --partitions; DESIGN.md §Cluster):
+# each is a Broker as above, its --listen endpoint the entry at its index of the list.
+
+def partition_of(topic, partitions):
+    """The partition of a topic name (proto/partition.h): FNV-1a 64 of its bytes, mod P."""
+    return fnv1a64(topic.encode() if isinstance(topic, str) else topic) % partitions
+
+
+class Cluster:
+    """`n` brokers of one cluster with `partitions` partitions, on loopback (or on `hosts[i]`,
+    an address of this machine each broker binds and is dialled at). `extra_args` go to every
+    broker after the cluster flags; args(i, ...) builds a node's flags with something changed,
+    for restarts with a wrong configuration."""
+
+    def __init__(self, workdir, n, partitions, extra_args=(), hosts=None):
+        self.workdir = Path(workdir)
+        self.partitions = partitions
+        self.common_args = list(extra_args)
+        self.brokers = [Broker(self.workdir / f"node{i}") for i in range(n)]
+        for i, b in enumerate(self.brokers):
+            host = hosts[i] if hosts else "127.0.0.1"
+            for attr in ("listen", "live", "listen_bind", "live_bind"):
+                setattr(b, attr, getattr(b, attr).replace("127.0.0.1", host))
+        self.endpoints = [b.listen for b in self.brokers]
+        for i, b in enumerate(self.brokers):
+            b.extra_args = self.args(i)
+
+    def args(self, i, node_id=None, partitions=None, endpoints=None):
+        return ["--cluster", ",".join(endpoints or self.endpoints),
+                "--node-id", str(i if node_id is None else node_id),
+                "--partitions", str(partitions or self.partitions), *self.common_args]
+
+    def __getitem__(self, i):
+        return self.brokers[i]
+
+    def __len__(self):
+        return len(self.brokers)
+
+    def owner_index(self, topic):
+        return partition_of(topic, self.partitions) % len(self.brokers)
+
+    def owner(self, topic):
+        return self.brokers[self.owner_index(topic)]
+
+    def topics(self, prefix, count, owner=None, partitions=None):
+        """`count` topic names prefix.0, prefix.1, ... skipping names whose partition's owner is
+        not `owner` (an index) or whose partition is not in `partitions`."""
+        out = []
+        for k in range(100000):
+            t = f"{prefix}.{k}"
+            p = partition_of(t, self.partitions)
+            if owner is not None and p % len(self.brokers) != owner:
+                continue
+            if partitions is not None and p not in partitions:
+                continue
+            out.append(t)
+            if len(out) == count:
+                return out
+        raise AssertionError(f"no {count} topics {prefix}.* for owner {owner}")
+
+    def start(self, timeout=READY_TIMEOUT_S):
+        for b in self.brokers:
+            b.start(timeout)
+        self.wait_peers(timeout=timeout)
+        return self
+
+    def peer_states(self, i):
+        """{peer endpoint: "up" | "down"} as broker i's log of this start last reported them."""
+        states = {}
+        for m in re.finditer(r"event=peer_(up|down) peer=(\S+)", self.brokers[i].stderr_text()):
+            states[m.group(2)] = m.group(1)
+        return states
+
+    def wait_peers(self, indices=None, timeout=READY_TIMEOUT_S):
+        """Until every running broker (of `indices`) sees every other running one up: the
+        cluster forwards publishes between them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = [i for i, b in enumerate(self.brokers) if b.alive()]
+            missing = [(i, self.endpoints[j]) for i in (indices or running) for j in running
+                       if j != i and self.peer_states(i).get(self.endpoints[j]) != "up"]
+            if not missing:
+                return
+            assert time.monotonic() < deadline, f"peers not up after {timeout} s: {missing}"
+            time.sleep(0.05)
+
+    def kill(self, i, sig=signal.SIGKILL, edges=(), timeout=READY_TIMEOUT_S):
+        """Stop broker i with `sig`; returns once every other running broker, and each of
+        `edges`, counts it down (so nothing that follows races their failure detection)."""
+        rc = self.brokers[i].kill(sig)
+        ep = self.endpoints[i]
+        deadline = time.monotonic() + timeout
+        for j, b in enumerate(self.brokers):
+            while j != i and b.alive() and self.peer_states(j).get(ep) == "up":
+                assert time.monotonic() < deadline, f"broker {j} still sees {ep} up"
+                time.sleep(0.05)
+        for e in edges:
+            while any(x["endpoint"] == ep and x["up"]
+                      for x in requests.get(e.url("/readyz"), timeout=2).json()["brokers"]):
+                assert time.monotonic() < deadline, f"edge {e.base} still sees {ep} up"
+                time.sleep(0.05)
+        return rc
+
+    def restart(self, i, edges=(), timeout=READY_TIMEOUT_S):
+        """kill(i) if it runs, start it again on its data (with its current extra_args and
+        env), and wait until its peers and `edges` see the whole cluster again."""
+        if self.brokers[i].alive():
+            self.kill(i, edges=edges, timeout=timeout)
+        self.brokers[i].start(timeout)
+        self.wait_peers(timeout=timeout)
+        for e in edges:
+            self.wait_edge(e, timeout)
+
+    def wait_edge(self, edge, timeout=READY_TIMEOUT_S):
+        """Until `edge`'s /readyz is 200 with every broker of the cluster up and no partition
+        unavailable; returns the body."""
+        deadline = time.monotonic() + timeout
+        body = None
+        while True:
+            try:
+                r = requests.get(edge.url("/readyz"), timeout=2)
+                body = r.json()
+                if r.status_code == 200 and not body["unavailable_partitions"] and \
+                        [x["endpoint"] for x in body["brokers"]] == self.endpoints and \
+                        all(x["up"] for x in body["brokers"]):
+                    return body
+            except (requests.RequestException, ValueError) as e:
+                body = repr(e)
+            assert edge.alive(), f"herald-edge exited:\n{edge.stderr_text()}"
+            assert time.monotonic() < deadline, \
+                f"edge does not see the whole cluster after {timeout} s: {body}"
+            time.sleep(0.05)
+
+    def stop(self):
+        for b in self.brokers:
+            b.report_unexpected_exit()
+            b.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """cluster(n=3, partitions=12, *extra_args, start=True, hosts=None): a started Cluster.
+    Brokers send heartbeats and Hellos every 200 ms unless extra_args say otherwise."""
+    made = []
+
+    def make(n=3, partitions=12, *extra_args, start=True, hosts=None, name=None):
+        if "--heartbeat-interval" not in extra_args:
+            extra_args = ("--heartbeat-interval", "200", *extra_args)
+        c = Cluster(tmp_path / (name or f"cluster{len(made)}"), n, partitions, extra_args, hosts)
+        made.append(c)
+        if start:
+            c.start()
+        return c
+
+    yield make
+    for c in made:
+        c.stop()
