@@ -82,6 +82,9 @@ const hr_option_t hr_broker_options[] = {
         "ms between retention trimming passes"),
     OPT("heartbeat-interval", HR_OPT_INT, "1000", 10, 3600000, heartbeat_interval,
         "ms between heartbeats on the PUB socket"),
+    OPT("renew-epochs", HR_OPT_BOOL, "false", 0, 0, renew_epochs,
+        "give every topic a new epoch at start: after restoring a backup, so cursors issued "
+        "since the backup get a reset instead of being misapplied"),
     OPT("forward-timeout", HR_OPT_INT, "5000", 10, 600000, forward_timeout,
         "ms to wait for the owner's reply to a forwarded publish before answering unavailable"),
     OPT("hwm", HR_OPT_INT, "100000", 0, INT32_MAX, hwm,
@@ -1010,6 +1013,15 @@ int hr_broker_new(hr_broker_t **out, const hr_broker_config_t *config, char *err
         snprintf(err, errlen, "cannot read the cluster identity in %s: %s", config->data_dir,
                  hr_strerror(rc));
         goto fail;
+    }
+    if (config->renew_epochs) {
+        uint64_t renewed = 0;
+        rc = hr_store_renew_epochs(b->store, &renewed);
+        if (rc != 0) {
+            snprintf(err, errlen, "--renew-epochs: %s", hr_strerror(rc));
+            goto fail;
+        }
+        HR_WARN(MOD, "event=epochs_renewed topics=%llu", (unsigned long long)renewed);
     }
     /* czmq's own SIGINT handler would swallow the first signal; main() installs Herald's. */
     zsys_handler_set(NULL);

@@ -39,6 +39,7 @@ typedef struct {
     int64_t trim_interval;      /* ms */
     int64_t heartbeat_interval; /* ms; also between Hellos to peer brokers */
     int64_t forward_timeout;    /* ms, a forwarded publish's wait for the owner */
+    bool renew_epochs;          /* new epochs for every topic at start (after a restore) */
     int64_t hwm;                /* ZeroMQ high-water mark, messages, both sockets */
     int64_t fetch_limit;        /* default messages per fetch reply */
     int64_t fetch_max_bytes;    /* default data bytes per fetch reply */

@@ -508,6 +508,56 @@ int hr_store_identity(hr_store_t *st, const hr_store_identity_t *want, hr_store_
     return store_err(mdb_txn_commit(txn));
 }
 
+/* ---- epochs ------------------------------------------------------------------------------- */
+
+int hr_store_renew_epochs(hr_store_t *st, uint64_t *renewed)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    uint8_t buf[TOPIC_REC_SIZE];
+    uint64_t n = 0;
+    int rc = store_txn_begin(st, 0, &txn);
+    if (rc != 0)
+        return store_err(rc);
+    rc = mdb_cursor_open(txn, st->dbi_topics, &cur);
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return store_err(rc);
+    }
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        hr_store_topic_t t;
+        if ((rc = topic_decode(&v, &t)) != 0)
+            break;
+        uint64_t old = t.epoch;
+        do {
+            if ((rc = random_epoch(&t.epoch)) != 0)
+                break;
+        } while (t.epoch == old);
+        if (rc != 0)
+            break;
+        topic_encode(buf, &t);
+        v = (MDB_val){sizeof buf, buf};
+        if ((rc = mdb_cursor_put(cur, &k, &v, MDB_CURRENT)) != 0) {
+            rc = store_err(rc);
+            break;
+        }
+        n++;
+    }
+    mdb_cursor_close(cur);
+    if (rc != MDB_NOTFOUND) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    rc = mdb_txn_commit(txn);
+    if (rc != 0)
+        return store_err(rc);
+    if (renewed != NULL)
+        *renewed = n;
+    return 0;
+}
+
 /* ---- open / close ------------------------------------------------------------------------ */
 
 void hr_store_options_default(hr_store_options_t *opts)

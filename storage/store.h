@@ -216,6 +216,16 @@ typedef struct {
 int hr_store_identity(hr_store_t *store, const hr_store_identity_t *want,
                       hr_store_identity_t *stored);
 
+/*
+ * Give every topic log a new random epoch, keeping its messages and seqs, in one durable
+ * transaction. For a log restored from a backup: positions handed out after the backup was
+ * taken name seqs the restored log may assign again to other messages; under a new epoch such
+ * a position is answered with a reset (reason epoch) instead of being misapplied. *renewed (may
+ * be NULL) gets the number of topics. Returns 0, HR_E_STORAGE or HR_E_CORRUPT; on failure
+ * nothing changed.
+ */
+int hr_store_renew_epochs(hr_store_t *store, uint64_t *renewed);
+
 /* Whole-store figures. */
 typedef struct {
     uint64_t topics;   /* number of topic logs */

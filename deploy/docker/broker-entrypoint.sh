@@ -156,6 +156,10 @@ if [ -f "$data_dir.restore.mdb" ]; then
   mkdir -p "$data_dir" && mv "$data_dir.restore.mdb" "$data_dir/data.mdb" ||
     die "cannot install $data_dir.restore.mdb as $data_dir/data.mdb"
   echo "ts=$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ) level=warn mod=entrypoint event=restored data_dir=$data_dir previous=$aside" >&2
+  # Positions issued since the backup name seqs the restored log will assign again: new epochs
+  # turn them into explicit resets (docs/kubernetes.md, "Back up and restore").
+  HERALD_BROKER_RENEW_EPOCHS=true
+  export HERALD_BROKER_RENEW_EPOCHS
 fi
 
 HERALD_BROKER_CLUSTER=$cluster

@@ -318,7 +318,7 @@ def test_cli_help_lists_commands_and_options():
 BROKER_OPTIONS = ["listen", "live", "data-dir", "cluster", "node-id", "advertise", "partitions",
                   "map-size", "sync", "max-data-bytes", "max-request-bytes", "max-batch",
                   "retention-messages", "retention-age", "dedupe-window", "trim-interval",
-                  "heartbeat-interval", "forward-timeout", "hwm", "fetch-limit", "fetch-max-bytes", "log-level"]
+                  "heartbeat-interval", "renew-epochs", "forward-timeout", "hwm", "fetch-limit", "fetch-max-bytes", "log-level"]
 
 
 def test_broker_help_lists_every_option():

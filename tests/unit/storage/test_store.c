@@ -790,6 +790,33 @@ static void test_cluster_identity(void **state)
     hr_store_close(&st);
 }
 
+/* Renewing epochs keeps every message and seq, changes every epoch, durably. */
+static void test_renew_epochs(void **state)
+{
+    tmpdir_t *t = *state;
+    hr_store_t *st = open_store(t, NULL);
+    append1(st, msg("alpha", "x"));
+    append1(st, msg("alpha", "y"));
+    append1(st, msg("beta", "z"));
+    hr_store_topic_t a1 = info_of(st, "alpha"), b1 = info_of(st, "beta");
+    uint64_t renewed = 0;
+    assert_int_equal(hr_store_renew_epochs(st, &renewed), 0);
+    assert_int_equal(renewed, 2);
+    hr_store_close(&st);
+
+    st = open_store(t, NULL);
+    hr_store_topic_t a2 = info_of(st, "alpha"), b2 = info_of(st, "beta");
+    assert_int_not_equal(a2.epoch, a1.epoch);
+    assert_int_not_equal(b2.epoch, b1.epoch);
+    assert_int_equal(a2.last_seq, 2);
+    assert_int_equal(a2.first_seq, a1.first_seq);
+    assert_int_equal(a2.topic_id, a1.topic_id);
+    hr_store_result_t r = append1(st, msg("alpha", "w"));
+    assert_int_equal(r.seq, 3);
+    assert_int_equal(r.epoch, a2.epoch);
+    hr_store_close(&st);
+}
+
 static void test_reopen_keeps_seq_and_epoch(void **state)
 {
     tmpdir_t *t = *state;
@@ -1871,6 +1898,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_not_a_directory, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_crash, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_cluster_identity, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_renew_epochs, tmpdir_setup, tmpdir_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
