@@ -213,6 +213,10 @@ static void hr_sub_check_caught_up(hr_subscriber_t *sub)
 static void hr_sub_topic_go_live(hr_sub_topic_t *st)
 {
     hr_topic_t *t = st->topic;
+    /* The transport may have stopped the subscriber while taking the page (a poll that reached
+     * its limit): a stopped topic stays stopped, and asks the broker nothing more. */
+    if (st->state == HR_ST_STOPPED || st->sub->stopped)
+        return;
     st->state = HR_ST_LIVE;
     /* Epochs that differ are settled by the next live message, which sends whichever side is
      * stale back to the log; comparing here could only loop. */
@@ -287,7 +291,7 @@ static void hr_sub_topic_on_fetch(void *arg, int status, const hr_reply_t *reply
 static void hr_sub_topic_catchup(hr_sub_topic_t *st)
 {
     hr_edge_t *edge = st->sub->edge;
-    if (st->call != NULL || st->state == HR_ST_STOPPED)
+    if (st->call != NULL || st->state == HR_ST_STOPPED || st->sub->stopped)
         return;
     st->state = HR_ST_CATCHUP;
     edge->metrics.catchups++;
@@ -357,7 +361,7 @@ static void hr_sub_topic_on_head(void *arg, int status, const hr_reply_t *reply)
 static void hr_sub_topic_head(hr_sub_topic_t *st)
 {
     hr_edge_t *edge = st->sub->edge;
-    if (st->call != NULL || st->state == HR_ST_STOPPED)
+    if (st->call != NULL || st->state == HR_ST_STOPPED || st->sub->stopped)
         return;
     st->state = HR_ST_HEAD;
     Herald__V1__FetchRequest f = HERALD__V1__FETCH_REQUEST__INIT;
@@ -773,8 +777,14 @@ void hr_subscriber_destroy(hr_subscriber_t **subp)
         return;
     hr_registry_t *r = sub->edge->registry;
     hr_subscriber_stop(sub);
-    for (size_t i = 0; i < sub->n_topics; i++)
+    for (size_t i = 0; i < sub->n_topics; i++) {
+        /* Whatever state the topic was left in, no broker reply may reach it after this. */
+        if (sub->topics[i].call != NULL) {
+            hr_brokers_cancel(sub->topics[i].call);
+            sub->topics[i].call = NULL;
+        }
         hr_registry_detach(r, &sub->topics[i]);
+    }
     if (sub->prev != NULL)
         sub->prev->next = sub->next;
     else

@@ -1,10 +1,13 @@
 /*
  * herald-bench — load generator for one broker (tests/bench/run.sh drives it).
  *
- *   herald-bench publish ENDPOINT PUBLISHERS BATCH TOTAL [TOPICS] [BYTES]
+ *   herald-bench publish ENDPOINT PUBLISHERS BATCH TOTAL [TOPICS] [BYTES] [OWNER/BROKERS/P]
  *       PUBLISHERS threads, each with its own DEALER keeping up to 1,000 messages in flight
  *       (ceil(1000 / BATCH) requests), publish TOTAL messages in all, spread over TOPICS topics,
  *       BYTES of data each. Prints "publish publishers=P batch=B messages=N seconds=S rate=R".
+ *       Topics are bench.t0, bench.t1, ...; with OWNER/BROKERS/P (e.g. 1/3/64) only the names
+ *       whose partition (FNV-1a-64 mod P) is owned by broker OWNER of BROKERS (partition mod
+ *       BROKERS) are taken, so each broker of a cluster can be given its own topics.
  *   herald-bench fetch ENDPOINT TOPIC RANGE ROUNDS
  *       Reads ROUNDS ranges of RANGE messages from TOPIC, walking the log from the start and
  *       wrapping. Prints "fetch range=N messages=M seconds=S rate=R".
@@ -13,6 +16,7 @@
  */
 #include "codec.h"
 #include "hr_alloc.h"
+#include "partition.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -37,6 +41,7 @@ typedef struct {
     int id;
     long batch, messages, topics, bytes;
     int failed;
+    long owner, brokers, partitions; /* owner < 0: every name */
 } bench_publisher_t;
 
 static void bench_send(void *sock, const hr_request_t *req)
@@ -86,8 +91,14 @@ static void *bench_publisher_run(void *arg)
     uint8_t *data = hr_malloc((size_t)p->bytes);
     memset(data, 'x', (size_t)p->bytes);
     char(*topics)[32] = hr_malloc((size_t)p->topics * sizeof *topics);
-    for (long t = 0; t < p->topics; t++)
-        snprintf(topics[t], sizeof topics[t], "bench.t%ld", t);
+    for (long t = 0, k = 0; t < p->topics; k++) {
+        snprintf(topics[t], sizeof topics[t], "bench.t%ld", k);
+        if (p->owner < 0 ||
+            hr_partition_owner(hr_partition_of(topics[t], strlen(topics[t]),
+                                               (uint32_t)p->partitions),
+                               (uint32_t)p->brokers) == (uint32_t)p->owner)
+            t++;
+    }
     Herald__V1__PublishMessage *msgs = hr_malloc((size_t)p->batch * sizeof *msgs);
     Herald__V1__PublishMessage **ptrs = hr_malloc((size_t)p->batch * sizeof *ptrs);
 
@@ -139,7 +150,11 @@ static int bench_publish(int argc, char **argv)
     const char *endpoint = argv[2];
     long publishers = atol(argv[3]), batch = atol(argv[4]), total = atol(argv[5]);
     long topics = argc > 6 ? atol(argv[6]) : 100, bytes = argc > 7 ? atol(argv[7]) : 100;
-    if (publishers < 1 || batch < 1 || total < publishers * batch || topics < 1 || bytes < 0)
+    long owner = -1, brokers = 1, partitions = 1;
+    if (argc > 8 && sscanf(argv[8], "%ld/%ld/%ld", &owner, &brokers, &partitions) != 3)
+        return 2;
+    if (publishers < 1 || batch < 1 || total < publishers * batch || topics < 1 || bytes < 0 ||
+        (owner >= 0 && (brokers < 1 || owner >= brokers || partitions < brokers)))
         return 2;
     void *ctx = zmq_ctx_new();
     bench_publisher_t *ps = hr_calloc((size_t)publishers, sizeof *ps);
@@ -147,7 +162,8 @@ static int bench_publish(int argc, char **argv)
     long per = total / publishers / batch * batch;
     double start = bench_now();
     for (long i = 0; i < publishers; i++) {
-        ps[i] = (bench_publisher_t){ctx, endpoint, (int)i, batch, per, topics, bytes, 0};
+        ps[i] = (bench_publisher_t){ctx,   endpoint, (int)i,  batch,   per,       topics,
+                                    bytes, 0,        owner, brokers, partitions};
         pthread_create(&threads[i], NULL, bench_publisher_run, &ps[i]);
     }
     int failed = 0;
@@ -223,6 +239,6 @@ int main(int argc, char **argv)
         rc = bench_fetch(argc, argv);
     if (rc == 2)
         fprintf(stderr, "usage: herald-bench publish ENDPOINT PUBLISHERS BATCH TOTAL [TOPICS] "
-                        "[BYTES]\n       herald-bench fetch ENDPOINT TOPIC RANGE ROUNDS\n");
+                        "[BYTES] [OWNER/BROKERS/P]\n       herald-bench fetch ENDPOINT TOPIC RANGE ROUNDS\n");
     return rc;
 }

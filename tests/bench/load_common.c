@@ -38,6 +38,7 @@ load_opts_t lo = {
 char load_rbuf[LOAD_READ_BUF];
 int load_ep = -1;
 void (*load_on_conn)(long i, uint32_t events, int64_t t);
+void (*load_on_poll)(int64_t t);
 int load_stop_requested;
 long load_ready, load_closed, load_in_flight;
 
@@ -351,7 +352,11 @@ static size_t pub_in_len;
 
 static void http_pub_open(void)
 {
+    int port = lo.port;
+    if (lo.pub_port > 0)
+        lo.port = lo.pub_port;
     pub_fd = load_tcp_socket(0, true);
+    lo.port = port;
     if (pub_fd < 0) {
         errno = -pub_fd;
         load_die("publisher connect");
@@ -521,6 +526,8 @@ void load_parse_args(int argc, char **argv, bool (*extra)(const char *a, const c
             lo.sub_path = v;
         else if (strcmp(a, "--pub-path") == 0)
             lo.pub_path = v;
+        else if (strcmp(a, "--pub-port") == 0)
+            lo.pub_port = atoi(v);
         else if (strcmp(a, "--conns") == 0)
             lo.conns = atol(v);
         else if (strcmp(a, "--rate") == 0)
@@ -554,6 +561,7 @@ void load_usage_common(const char *idle)
             "  --host ADDR             server IPv4 address (127.0.0.1)\n"
             "  --conns N               %s (%ld)\n"
             "  --pub-path TARGET       POST target for publishing; absent: %s mode\n"
+            "  --pub-port PORT         the publisher's port, when not --port\n"
             "  --rate R                messages/s (%ld)\n"
             "  --seconds S             seconds of publishing (%g)\n"
             "  --settle-ms MS          wait after every client is ready, before publishing (%ld)\n"
@@ -619,6 +627,8 @@ int load_poll_once(int timeout_ms)
             load_on_conn((long)id, evs[k].events, t);
         }
     }
+    if (load_on_poll != NULL)
+        load_on_poll(n > 0 ? load_now_ns() : t);
     return n;
 }
 

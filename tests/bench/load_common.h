@@ -34,6 +34,7 @@ typedef struct {
     const char *clients; /* what a client is, plural: "streams" */
     const char *host;
     int port;
+    int pub_port; /* the publisher's port when not `port` (0: `port`) */
     const char *sub_path, *pub_path;
     long conns, rate;
     double seconds, hold;
@@ -157,6 +158,8 @@ void load_pub_failed(const char *fmt, ...) __attribute__((format(printf, 1, 2)))
 
 /* Client i became readable/writable (events) at time t. */
 extern void (*load_on_conn)(long i, uint32_t events, int64_t t);
+/* Optional: called after every poll with the time (reconnects, progress checks). */
+extern void (*load_on_poll)(int64_t t);
 extern int load_stop_requested;
 /* Clients: ready (connected, or their first request sent), closed, and connects in flight;
  * maintained by the tool. */

@@ -17,6 +17,21 @@
  * Without --pub-path it is the idle mode: after connecting it prints "connected n=N ..." and
  * holds the streams --hold seconds (or until SIGTERM/SIGINT), reading whatever arrives.
  *
+ * --expect N (without --pub-path; tests/bench/cluster.sh's backfill): after connecting, wait
+ * (at most --drain-ms) until every stream has received N events, whatever their data (someone
+ * else publishes them); prints "expect ..." with the CLOCK_MONOTONIC times of the first and
+ * the last event, events/s between them, and herald.reset events seen. Exit 0 when every stream
+ * got exactly N events and no reset.
+ *
+ * --reconnect 1 (tests/bench/cluster.sh's edge kill): a stream that ends or fails is opened
+ * again at once (then every 100 ms, at most 100 times) with Last-Event-ID set to the last id
+ * dispatched on it, as an EventSource does, keeping its delivery check, so the final check
+ * covers the resumption (nothing lost, nothing repeated). Prints "resume ..." after the "sse"
+ * line: streams dropped, reconnects, and from the first drop the time until every stream was
+ * open again (all_back_ms) and until every stream was open and had every message whose publish
+ * had been acknowledged (complete_ms; -1: never). --pub-port sends the publisher elsewhere (to
+ * an edge that stays up).
+ *
  * --cpu-pids P,Q,...: server processes whose utime+stime (/proc/PID/stat; all threads of each)
  * are sampled when publishing starts and again once every subscriber has every message (or the
  * --drain-ms deadline passed), giving the servers' CPU time per delivery.
@@ -47,7 +62,7 @@
 #include <unistd.h>
 
 /* Bytes of a line kept; longer lines are truncated (only data: lines matter; they are short). */
-#define LOAD_LINE_MAX 128
+#define LOAD_LINE_MAX 1024
 #define LOAD_HEAD_MAX 4096 /* response head of a stream */
 
 enum sub_state {
@@ -56,7 +71,15 @@ enum sub_state {
     SUB_HEAD,       /* request sent, reading the response head */
     SUB_STREAM,     /* 200 received, reading events */
     SUB_CLOSED,     /* dropped or failed; `why` says how */
+    SUB_WAIT,       /* --reconnect: dropped, to be opened again at retry_at */
 };
+
+#define LAST_ID_MAX 1024
+static bool reconnect;
+static char (*last_id)[LAST_ID_MAX]; /* --reconnect: per stream, the last dispatched id */
+static long expect;                  /* --expect N */
+static uint64_t drops, reconnects, expect_complete, resets;
+static int64_t first_drop_ns, all_back_ns, resumed_ns, first_event_ns, last_event_ns;
 
 typedef struct {
     int fd;
@@ -65,6 +88,11 @@ typedef struct {
     bool line_long; /* the current line went past LOAD_LINE_MAX */
     uint16_t head_len;
     uint16_t line_len;
+    uint8_t attempts; /* --reconnect: reopenings since the stream was last open */
+    bool id_long;     /* the pending id line was longer than LAST_ID_MAX */
+    int64_t retry_at;
+    uint64_t events; /* --expect: events received */
+    char pending_id[LAST_ID_MAX];
     load_seq_t seq;
     uint64_t ev_seq;
     int64_t ev_sent;
@@ -95,13 +123,41 @@ static void sub_close(sub_t *s, const char *why)
     s->fd = -1;
 }
 
-static void sub_start(long i)
+/* --reconnect: give up the stream's connection and open it again later, keeping its state. */
+static bool sub_drop(sub_t *s, const char *why, int64_t t)
+{
+    if (!reconnect || s->state == SUB_CLOSED || s->state == SUB_WAIT || s->attempts >= 100)
+        return false;
+    if (s->state == SUB_CONNECTING || s->state == SUB_HEAD)
+        load_in_flight--;
+    if (s->state == SUB_STREAM) {
+        load_ready--;
+        drops++;
+        if (first_drop_ns == 0)
+            first_drop_ns = t;
+    }
+    (void)why;
+    free(s->head);
+    s->head = NULL;
+    if (s->fd >= 0)
+        close(s->fd);
+    s->fd = -1;
+    s->state = SUB_WAIT;
+    s->retry_at = t + (s->attempts == 0 ? 0 : 100000000LL);
+    s->attempts++;
+    return true;
+}
+
+static void sub_connect(long i)
 {
     sub_t *s = &subs[i];
     int fd = load_tcp_socket(i, false);
     s->fd = fd < 0 ? -1 : fd;
     s->state = SUB_CONNECTING;
-    load_seq_init(&s->seq);
+    s->head_len = 0;
+    s->line_len = 0;
+    s->line_long = false;
+    s->ev_data = false;
     load_in_flight++;
     if (fd < 0) {
         sub_close(s, "connect failed");
@@ -110,11 +166,29 @@ static void sub_start(long i)
     load_ep_add(fd, EPOLLOUT, (uint64_t)i);
 }
 
+static void sub_start(long i)
+{
+    load_seq_init(&subs[i].seq);
+    sub_connect(i);
+}
+
 static void sub_event(sub_t *s, int64_t t)
 {
+    if (last_id != NULL && s->pending_id[0] != '\0') {
+        memcpy(last_id[s - subs], s->pending_id, LAST_ID_MAX);
+        s->pending_id[0] = '\0';
+    }
     if (!s->ev_data)
         return;
     s->ev_data = false;
+    if (expect > 0) {
+        if (first_event_ns == 0)
+            first_event_ns = t;
+        last_event_ns = t;
+        if (++s->events == (uint64_t)expect)
+            expect_complete++;
+        return;
+    }
     load_got(&s->seq, s->ev_seq, s->ev_sent, t);
 }
 
@@ -124,8 +198,20 @@ static void sub_line(sub_t *s, const char *line, size_t len, int64_t t)
         sub_event(s, t);
         return;
     }
+    if (len >= 3 && memcmp(line, "id:", 3) == 0 && last_id != NULL) {
+        size_t o = len > 3 && line[3] == ' ' ? 4 : 3;
+        if (s->line_long || len - o >= LAST_ID_MAX) {
+            s->id_long = true;
+            return;
+        }
+        memcpy(s->pending_id, line + o, len - o);
+        s->pending_id[len - o] = '\0';
+        return;
+    }
+    if (len >= 12 && memcmp(line, "event:", 6) == 0 && memmem(line, len, "reset", 5) != NULL)
+        resets++;
     if (line[0] == ':' || len < 5 || memcmp(line, "data:", 5) != 0 || s->ev_data)
-        return; /* comments, id:, event:, retry:, and later data: lines of one event */
+        return; /* comments, event:, retry:, and later data: lines of one event */
     const char *p = line + 5, *end = line + len;
     if (p < end && *p == ' ')
         p++;
@@ -184,7 +270,8 @@ static void sub_head(sub_t *s, const char *data, size_t len, int64_t t)
         return;
     }
     if (load_http_status(s->head) != 200) {
-        sub_close(s, "status not 200");
+        if (!sub_drop(s, "status not 200", t))
+            sub_close(s, "status not 200");
         return;
     }
     char v[64];
@@ -197,6 +284,7 @@ static void sub_head(sub_t *s, const char *data, size_t len, int64_t t)
     free(s->head);
     s->head = NULL;
     s->state = SUB_STREAM;
+    s->attempts = 0;
     load_in_flight--;
     load_ready++;
     if (rest_off < len)
@@ -206,23 +294,27 @@ static void sub_head(sub_t *s, const char *data, size_t len, int64_t t)
 static void sub_ready(long i, uint32_t events, int64_t t)
 {
     sub_t *s = &subs[i];
-    if (s->state == SUB_CLOSED)
+    if (s->state == SUB_CLOSED || s->state == SUB_WAIT)
         return;
     if (s->state == SUB_CONNECTING) {
         int err = 0;
         socklen_t el = sizeof err;
         getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &el);
         if (err != 0 || (events & (EPOLLERR | EPOLLHUP))) {
-            sub_close(s, "connect failed");
+            if (!sub_drop(s, "connect failed", t))
+                sub_close(s, "connect failed");
             return;
         }
-        char req[1024];
+        char req[1024], lid[LAST_ID_MAX + 32] = "";
+        if (last_id != NULL && last_id[i][0] != '\0')
+            snprintf(lid, sizeof lid, "Last-Event-ID: %s\r\n", last_id[i]);
         int n = snprintf(req, sizeof req,
                          "GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
-                         "Cache-Control: no-cache\r\n\r\n",
-                         lo.sub_path, lo.host, lo.port);
+                         "Cache-Control: no-cache\r\n%s\r\n",
+                         lo.sub_path, lo.host, lo.port, lid);
         if (write(s->fd, req, (size_t)n) != n) {
-            sub_close(s, "request write failed");
+            if (!sub_drop(s, "request write failed", t))
+                sub_close(s, "request write failed");
             return;
         }
         s->state = SUB_HEAD;
@@ -231,13 +323,15 @@ static void sub_ready(long i, uint32_t events, int64_t t)
     }
     ssize_t n = read(s->fd, load_rbuf, sizeof load_rbuf);
     if (n == 0) {
-        sub_close(s, "closed by the server");
+        if (!sub_drop(s, "closed by the server", t))
+            sub_close(s, "closed by the server");
         return;
     }
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
             return;
-        sub_close(s, "read error");
+        if (!sub_drop(s, "read error", t))
+            sub_close(s, "read error");
         return;
     }
     if (s->state == SUB_HEAD)
@@ -246,20 +340,47 @@ static void sub_ready(long i, uint32_t events, int64_t t)
         sub_bytes(s, load_rbuf, (size_t)n, t);
 }
 
+/* After every poll: reopen dropped streams when due; note when all are back and complete. */
+static void sse_poll(int64_t t)
+{
+    if (!reconnect)
+        return;
+    for (long i = 0; i < lo.conns; i++)
+        if (subs[i].state == SUB_WAIT && subs[i].retry_at <= t) {
+            reconnects++;
+            sub_connect(i);
+        }
+    if (first_drop_ns == 0 || resumed_ns != 0 || load_ready < lo.conns)
+        return;
+    if (all_back_ns == 0)
+        all_back_ns = t;
+    for (long i = 0; i < lo.conns; i++)
+        if (subs[i].seq.next_seq - 1 < load_pub_replies)
+            return;
+    resumed_ns = t;
+}
+
 /* ---- main --------------------------------------------------------------------------------- */
 
 static bool sse_option(const char *a, const char *v)
 {
-    if (strcmp(a, "--pad") != 0)
+    if (strcmp(a, "--pad") == 0)
+        lo.body_pad = atoi(v) > 200 ? 200 : atoi(v);
+    else if (strcmp(a, "--reconnect") == 0)
+        reconnect = atoi(v) != 0;
+    else if (strcmp(a, "--expect") == 0)
+        expect = atol(v);
+    else
         return false;
-    lo.body_pad = atoi(v) > 200 ? 200 : atoi(v);
     return true;
 }
 
 static void usage(void)
 {
     fprintf(stderr, "usage: herald-sse-load --port PORT --sub-path TARGET [options]\n"
-                    "  --pad BYTES             extra bytes in each message body (0)\n");
+                    "  --pad BYTES             extra bytes in each message body (0)\n"
+                    "  --reconnect 1           reopen dropped streams with Last-Event-ID\n"
+                    "  --expect N              no publisher: wait until every stream has N events\n");
     load_usage_common("idle");
     exit(2);
 }
@@ -301,10 +422,34 @@ int main(int argc, char **argv)
     if (subs == NULL)
         load_die("setup");
     load_on_conn = sub_ready;
+    load_on_poll = sse_poll;
+    if (reconnect && (last_id = calloc((size_t)lo.conns, LAST_ID_MAX)) == NULL)
+        load_die("setup");
 
     /* Phase 1: open every stream. */
     load_connect_all(sub_start);
 
+    if (lo.pub_path == NULL && expect > 0) {
+        /* Expect mode: someone else publishes; wait for N events on every stream. */
+        int64_t until = load_now_ns() + lo.drain_ms * 1000000LL;
+        while (!load_stop_requested && load_now_ns() < until &&
+               expect_complete < (uint64_t)(lo.conns - load_closed))
+            load_poll_once(10);
+        uint64_t total = 0, over = 0;
+        for (long i = 0; i < lo.conns; i++) {
+            total += subs[i].events;
+            over += subs[i].events > (uint64_t)expect;
+        }
+        double span = (double)(last_event_ns - first_event_ns) / 1e9;
+        printf("expect streams=%ld events_each=%ld complete=%llu events=%llu over=%llu resets=%llu "
+               "dropped=%ld first_event_ns=%lld last_event_ns=%lld span_s=%.3f events_per_s=%.0f\n",
+               lo.conns, expect, (unsigned long long)expect_complete, (unsigned long long)total,
+               (unsigned long long)over, (unsigned long long)resets, lo.conns - load_ready,
+               (long long)first_event_ns, (long long)last_event_ns, span,
+               span > 0 ? (double)total / span : 0);
+        print_failures(true);
+        return expect_complete == (uint64_t)lo.conns && over == 0 && resets == 0 ? 0 : 1;
+    }
     if (lo.pub_path == NULL) {
         /* Idle mode: hold the streams. */
         double held = load_hold();
@@ -328,6 +473,17 @@ int main(int argc, char **argv)
     printf("sse subscribers=%ld rate=%ld seconds=%.1f", lo.conns, lo.rate, lo.seconds);
     load_print_window(&w);
     load_print_verdict(&v, "failed_subscribers");
+    if (reconnect) {
+        bool id_long = false;
+        for (long i = 0; i < lo.conns; i++)
+            id_long |= subs[i].id_long;
+        printf("resume dropped=%llu reconnects=%llu all_back_ms=%.1f complete_ms=%.1f "
+               "resets=%llu%s\n",
+               (unsigned long long)drops, (unsigned long long)reconnects,
+               first_drop_ns && all_back_ns ? (double)(all_back_ns - first_drop_ns) / 1e6 : -1.0,
+               first_drop_ns && resumed_ns ? (double)(resumed_ns - first_drop_ns) / 1e6 : -1.0,
+               (unsigned long long)resets, id_long ? " (an id was too long to keep)" : "");
+    }
     bool pub_ok = load_print_pub_failures();
     print_failures(false);
     return v.failed == 0 && pub_ok ? 0 : 1;

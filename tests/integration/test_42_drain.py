@@ -125,9 +125,14 @@ def test_drain_under_load_loses_nothing(broker, edge_factory, tmp_path):
                     draining.ended_by_test = True
                     draining.proc.send_signal(signal.SIGTERM)
                     drained_at = time.monotonic()
-                    # not ready at once, while still serving
-                    r = await loop.run_in_executor(
-                        None, lambda: requests.get(draining.url("/readyz"), timeout=2))
+                    # not ready at once (as soon as the signal is handled), while still serving
+                    def not_ready():
+                        while True:
+                            r = requests.get(draining.url("/readyz"), timeout=2)
+                            if r.status_code == 503 or time.monotonic() - drained_at > 0.5:
+                                return r
+                            time.sleep(0.01)
+                    r = await loop.run_in_executor(None, not_ready)
                     assert r.status_code == 503 and r.json()["draining"] is True
                     assert (time.monotonic() - drained_at) < DRAIN_GRACE_MS / 1000
                 await asyncio.sleep(0.004)
