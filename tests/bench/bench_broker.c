@@ -93,10 +93,9 @@ static void *bench_publisher_run(void *arg)
     char(*topics)[32] = hr_malloc((size_t)p->topics * sizeof *topics);
     for (long t = 0, k = 0; t < p->topics; k++) {
         snprintf(topics[t], sizeof topics[t], "bench.t%ld", k);
-        if (p->owner < 0 ||
-            hr_partition_owner(hr_partition_of(topics[t], strlen(topics[t]),
-                                               (uint32_t)p->partitions),
-                               (uint32_t)p->brokers) == (uint32_t)p->owner)
+        if (p->owner < 0 || hr_partition_owner(hr_partition_of(topics[t], strlen(topics[t]),
+                                                               (uint32_t)p->partitions),
+                                               (uint32_t)p->brokers) == (uint32_t)p->owner)
             t++;
     }
     Herald__V1__PublishMessage *msgs = hr_malloc((size_t)p->batch * sizeof *msgs);
@@ -162,8 +161,8 @@ static int bench_publish(int argc, char **argv)
     long per = total / publishers / batch * batch;
     double start = bench_now();
     for (long i = 0; i < publishers; i++) {
-        ps[i] = (bench_publisher_t){ctx,   endpoint, (int)i,  batch,   per,       topics,
-                                    bytes, 0,        owner, brokers, partitions};
+        ps[i] = (bench_publisher_t){ctx,   endpoint, (int)i, batch,   per,       topics,
+                                    bytes, 0,        owner,  brokers, partitions};
         pthread_create(&threads[i], NULL, bench_publisher_run, &ps[i]);
     }
     int failed = 0;
@@ -238,7 +237,9 @@ int main(int argc, char **argv)
     else if (argc > 1 && strcmp(argv[1], "fetch") == 0)
         rc = bench_fetch(argc, argv);
     if (rc == 2)
-        fprintf(stderr, "usage: herald-bench publish ENDPOINT PUBLISHERS BATCH TOTAL [TOPICS] "
-                        "[BYTES] [OWNER/BROKERS/P]\n       herald-bench fetch ENDPOINT TOPIC RANGE ROUNDS\n");
+        fprintf(
+            stderr,
+            "usage: herald-bench publish ENDPOINT PUBLISHERS BATCH TOTAL [TOPICS] "
+            "[BYTES] [OWNER/BROKERS/P]\n       herald-bench fetch ENDPOINT TOPIC RANGE ROUNDS\n");
     return rc;
 }

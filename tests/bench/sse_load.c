@@ -377,10 +377,11 @@ static bool sse_option(const char *a, const char *v)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: herald-sse-load --port PORT --sub-path TARGET [options]\n"
-                    "  --pad BYTES             extra bytes in each message body (0)\n"
-                    "  --reconnect 1           reopen dropped streams with Last-Event-ID\n"
-                    "  --expect N              no publisher: wait until every stream has N events\n");
+    fprintf(stderr,
+            "usage: herald-sse-load --port PORT --sub-path TARGET [options]\n"
+            "  --pad BYTES             extra bytes in each message body (0)\n"
+            "  --reconnect 1           reopen dropped streams with Last-Event-ID\n"
+            "  --expect N              no publisher: wait until every stream has N events\n");
     load_usage_common("idle");
     exit(2);
 }
