@@ -125,11 +125,17 @@ static void hr_peers_check_hello(hr_peers_t *ps, size_t index, const Herald__V1_
                  "be its position in --cluster",
                  index, p->endpoint, h->node_id);
     } else if (!same_list) {
+        /* Name the first entry that differs, so the operator sees which address is wrong. */
+        size_t at = 0;
+        while (at < ps->n && at < h->n_cluster &&
+               strcmp(h->cluster[at], ps->peers[at].endpoint) == 0)
+            at++;
         snprintf(p->problem, sizeof p->problem,
-                 "broker %zu (%s) was started with a different --cluster (%zu brokers%s%s): every "
-                 "broker must be given the same ordered list",
-                 index, p->endpoint, h->n_cluster, h->n_cluster > 0 ? ", first " : "",
-                 h->n_cluster > 0 ? h->cluster[0] : "");
+                 "broker %zu (%s) was started with a different --cluster: %zu brokers, entry %zu "
+                 "is '%s' there and '%s' here; every broker must be given the same ordered list",
+                 index, p->endpoint, h->n_cluster, at,
+                 at < h->n_cluster ? h->cluster[at] : "(none)",
+                 at < ps->n ? ps->peers[at].endpoint : "(none)");
     } else if (h->partitions != ps->opts.partitions) {
         snprintf(p->problem, sizeof p->problem,
                  "broker %zu (%s) has --partitions %u, this broker %u: P is fixed for the cluster",

@@ -227,7 +227,9 @@ int hr_edge_parse_subscription(hr_edge_t *edge, hr_http_conn_t *conn, const hr_h
     } else if (query_cursor != NULL) {
         if (hr_cursor_parse(&out->cursor, query_cursor, query_cursor_len) != 0) {
             code = "invalid_cursor";
-            snprintf(why, sizeof why, "the cursor is not one this edge issued (%zu bytes)",
+            snprintf(why, sizeof why,
+                     "the cursor is not a Herald cursor (any edge's cursor works; this one does "
+                     "not parse) (%zu bytes)",
                      query_cursor_len);
             goto fail;
         }
@@ -663,7 +665,9 @@ static void hr_api_history(hr_edge_t *edge, hr_http_conn_t *conn, const hr_http_
                 continue; /* empty: the default, earliest */
             if (hr_cursor_parse(&cursor, value, vlen) != 0) {
                 code = "invalid_cursor";
-                snprintf(why, sizeof why, "the cursor is not one this edge issued");
+                snprintf(why, sizeof why,
+                         "the cursor is not a Herald cursor (any edge's cursor works; this one "
+                         "does not parse)");
                 break;
             }
         } else if (strcmp(name, "limit") == 0) {

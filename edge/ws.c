@@ -632,7 +632,9 @@ static void hr_ws_on_subscribe(hr_ws_t *ws, json_t *root, const char *req)
     hr_cursor_init(&from);
     if (json_is_string(cursor) &&
         hr_cursor_parse(&from, json_string_value(cursor), json_string_length(cursor)) != 0) {
-        snprintf(why, sizeof why, "the cursor is not one this edge issued (%zu bytes)",
+        snprintf(why, sizeof why,
+                 "the cursor is not a Herald cursor (any edge's cursor works; this one does not "
+                 "parse) (%zu bytes)",
                  json_string_length(cursor));
         hr_ws_send_error(ws, req, "invalid_cursor", why);
         return;
@@ -724,8 +726,10 @@ static void hr_ws_on_text(hr_ws_t *ws, const uint8_t *data, size_t len)
     json_error_t jerr;
     /* JSON_ALLOW_NUL: "\u0000" is valid JSON and data may hold it (names are checked by
      * length, so a NUL in a topic is refused as invalid_topic). */
-    json_t *root = json_loadb((const char *)data, len, JSON_ALLOW_NUL, &jerr);
+    json_t *root = len > 0 ? json_loadb((const char *)data, len, JSON_ALLOW_NUL, &jerr) : NULL;
     char why[256];
+    if (len == 0)
+        snprintf(jerr.text, sizeof jerr.text, "the frame is empty");
     if (root == NULL || !json_is_object(root)) {
         snprintf(why, sizeof why, "a frame must be a JSON object%s%s", root == NULL ? ": " : "",
                  root == NULL ? jerr.text : "");
