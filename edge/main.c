@@ -64,7 +64,8 @@ const hr_option_t hr_edge_options[] = {
     OPT("queue-bytes", HR_OPT_BYTES, "1M", 4096, 1024 * 1048576LL, queue_bytes,
         "per-subscriber outgoing queue bound, bytes; a client past it is cut off"),
     OPT("slow-client-grace", HR_OPT_INT, "5000", 0, 600000, slow_client_grace,
-        "ms a cut-off client gets to read its last bytes before the connection closes"),
+        "ms a client may stay over half its queue before it is cut off, and then has to read "
+        "its last bytes before the connection closes"),
     OPT("fetch-page", HR_OPT_INT, "1000", 1, 10000, fetch_page,
         "messages per history read while a subscriber catches up"),
     OPT("drain-grace", HR_OPT_INT, "0", 0, 3600000, drain_grace,

@@ -47,8 +47,13 @@ struct hr_outq {
     size_t inflight_messages; /* messages in those batches */
     hr_outq_t *dirty_next;    /* in the flush list while dirty */
     bool dirty;
-    uv_timer_t grace; /* closes a cut-off client that does not take its last bytes */
-    bool grace_started;
+    /* While open: the stall watch, armed while the queue is over half full — a client whose
+     * queue stays there for --slow-client-grace ms is cut off (one that reads slowly is paced
+     * by the registry instead, which reads the log at its speed). Once cut off: closes a client
+     * that does not take its last bytes. */
+    uv_timer_t grace;
+    bool grace_started; /* initialised (must be closed) */
+    bool watching;      /* the stall watch is armed */
 };
 
 /* Queues with output, flushed by the uv_check handle once per loop iteration. While the list is
@@ -150,9 +155,17 @@ size_t hr_outq_queued_bytes(const hr_outq_t *q)
     return hr_outq_pending_bytes(q);
 }
 
+/* How full the queue is, in bytes of --queue-bytes: the bytes not yet taken, or the messages
+ * not yet taken scaled to bytes (messages × queue_bytes / queue_messages) when that bound is the
+ * tighter one, so the registry's "over half" tests see whichever bound comes first. */
 size_t hr_outq_pending(hr_subscriber_t *sub)
 {
-    return hr_outq_pending_bytes(hr_subscriber_data(sub));
+    hr_outq_t *q = hr_subscriber_data(sub);
+    size_t bytes = hr_outq_pending_bytes(q);
+    size_t messages = q->inflight_messages + (q->queue != NULL ? q->queue->messages : 0);
+    size_t scaled = (size_t)((double)messages * (double)q->edge->config.queue_bytes /
+                             (double)q->edge->config.queue_messages);
+    return scaled > bytes ? scaled : bytes;
 }
 
 /* ---- closing ------------------------------------------------------------------------------ */
@@ -178,11 +191,28 @@ static void hr_outq_free_if_done(hr_outq_t *q)
     hr_free(q);
 }
 
+static void hr_outq_cut_off_slow(hr_outq_t *q);
+
 static void hr_outq_on_grace(uv_timer_t *timer)
 {
     hr_outq_t *q = timer->data;
+    if (q->state == HR_OUTQ_OPEN) {
+        q->watching = false;
+        hr_outq_cut_off_slow(q); /* stalled over half full for the whole grace */
+        return;
+    }
     if (q->conn != NULL)
         hr_http_close(q->conn);
+}
+
+static void hr_outq_timer(hr_outq_t *q)
+{
+    if (!q->grace_started) {
+        uv_timer_init(q->edge->loop, &q->grace);
+        q->grace.data = q;
+        q->grace_started = true;
+    }
+    uv_timer_start(&q->grace, hr_outq_on_grace, (uint64_t)q->edge->config.slow_client_grace, 0);
 }
 
 static void hr_outq_on_close(void *arg);
@@ -195,12 +225,8 @@ void hr_outq_cut_off(hr_outq_t *q)
     q->state = HR_OUTQ_CUT_OFF;
     if (q->sub != NULL)
         hr_subscriber_stop(q->sub);
-    if (!q->grace_started) {
-        uv_timer_init(q->edge->loop, &q->grace);
-        q->grace.data = q;
-        q->grace_started = true;
-        uv_timer_start(&q->grace, hr_outq_on_grace, (uint64_t)q->edge->config.slow_client_grace, 0);
-    }
+    q->watching = false;
+    hr_outq_timer(q); /* from now on: the closing grace */
     /* Ended by the flush handle, never from here: we may be inside a delivery to q->sub. */
     hr_outq_mark_dirty(q);
 }
@@ -244,8 +270,13 @@ static void hr_outq_after_write(hr_outq_t *q)
             hr_outq_end(q);
         return;
     }
-    if (hr_outq_pending_bytes(q) > (size_t)q->edge->config.queue_bytes / 2)
+    if (q->sub != NULL ? hr_outq_pending(q->sub) > (size_t)q->edge->config.queue_bytes / 2
+                       : hr_outq_pending_bytes(q) > (size_t)q->edge->config.queue_bytes / 2)
         return;
+    if (q->watching) { /* drained below half: it keeps up */
+        q->watching = false;
+        uv_timer_stop(&q->grace);
+    }
     if (q->sub != NULL)
         hr_subscriber_on_drain(q->sub);
     if (q->framing->drained != NULL)
@@ -346,6 +377,19 @@ static bool hr_outq_over_limit(hr_outq_t *q)
            messages >= (size_t)q->edge->config.queue_messages;
 }
 
+/* Cut off a client that cannot keep up (a full queue, or one stalled over half full). */
+static void hr_outq_cut_off_slow(hr_outq_t *q)
+{
+    q->edge->metrics.slow_disconnects++;
+    HR_INFO(MOD, "event=slow_client transport=%s peer=%s pending_bytes=%zu",
+            q->sub != NULL ? hr_subscriber_transport(q->sub)->name : "-",
+            q->conn != NULL ? hr_http_conn_peer(q->conn) : "-", hr_outq_pending_bytes(q));
+    /* The last word goes out at the flush: by then the subscriber's cursor is back to the last
+     * message really queued (a refused one is not counted). */
+    q->slow_pending = q->framing->slow != NULL;
+    hr_outq_cut_off(q);
+}
+
 /* ---- the transport functions --------------------------------------------------------------- */
 
 int hr_outq_deliver(hr_subscriber_t *sub, hr_msg_t *msg, const char *cursor, size_t cursor_len)
@@ -354,19 +398,16 @@ int hr_outq_deliver(hr_subscriber_t *sub, hr_msg_t *msg, const char *cursor, siz
     if (q->state != HR_OUTQ_OPEN)
         return -ENOBUFS;
     if (hr_outq_over_limit(q)) {
-        q->edge->metrics.slow_disconnects++;
-        HR_INFO(MOD, "event=slow_client transport=%s peer=%s pending_bytes=%zu",
-                hr_subscriber_transport(sub)->name, hr_http_conn_peer(q->conn),
-                hr_outq_pending_bytes(q));
-        /* The last word goes out at the flush: by then the subscriber's cursor is back to the
-         * last message really queued (this one is refused). */
-        q->slow_pending = q->framing->slow != NULL;
-        hr_outq_cut_off(q);
+        hr_outq_cut_off_slow(q);
         return -ENOBUFS;
     }
     q->framing->message(q, msg, cursor, cursor_len);
     if (q->queue != NULL)
         q->queue->messages++;
+    if (!q->watching && hr_outq_pending(sub) > (size_t)q->edge->config.queue_bytes / 2) {
+        q->watching = true; /* over half full: it must drain within the grace */
+        hr_outq_timer(q);
+    }
     return 0;
 }
 

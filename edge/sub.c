@@ -161,15 +161,25 @@ static int hr_sub_deliver(hr_sub_topic_t *st, hr_msg_t *msg)
     return 0;
 }
 
+/* The client's queue is over half its bound (hr_transport_t.pending_bytes). */
+static bool hr_sub_congested(hr_subscriber_t *sub)
+{
+    return sub->transport->pending_bytes(sub) > (size_t)sub->edge->config.queue_bytes / 2;
+}
+
 /* A live message for a LIVE subscriber: deliver it if it follows the position exactly;
- * otherwise go back to the log, which has everything in order. */
+ * otherwise go back to the log, which has everything in order. A subscriber whose queue is over
+ * half full goes back to the log too, where it reads at its own pace (pausing until its queue
+ * drains): a burst or a backfill longer than the queue slows a client that reads instead of
+ * cutting it off. One that does not read at all is cut off by its transport's stall watch
+ * (hr_outq: over half full for --slow-client-grace). */
 static void hr_sub_topic_live(hr_sub_topic_t *st, hr_msg_t *msg)
 {
     if (st->state != HR_ST_LIVE)
         return;
     if (msg->epoch == st->epoch && msg->seq <= st->seq)
         return; /* already delivered */
-    if (msg->epoch == st->epoch && msg->seq == st->seq + 1) {
+    if (msg->epoch == st->epoch && msg->seq == st->seq + 1 && !hr_sub_congested(st->sub)) {
         hr_sub_deliver(st, msg);
         return;
     }
@@ -269,6 +279,13 @@ static void hr_sub_topic_on_fetch(void *arg, int status, const hr_reply_t *reply
             return;
     }
     for (size_t i = 0; i < f->n_messages; i++) {
+        if (hr_sub_congested(sub)) {
+            /* The client has not taken what it has (several topics catching up at once fill a
+             * queue page by page): the rest of this page is read again from the position once
+             * the queue has drained. */
+            st->state = HR_ST_PAUSED;
+            return;
+        }
         hr_msg_t *msg = hr_msg_from_proto(f->messages[i]);
         int rc = hr_sub_deliver(st, msg);
         hr_msg_unref(&msg);
@@ -279,10 +296,16 @@ static void hr_sub_topic_on_fetch(void *arg, int status, const hr_reply_t *reply
         hr_sub_set_position(st, f->epoch, st->seq);
     if (f->n_messages > 0 && st->seq < f->last_seq) {
         /* More history: read on, unless the client has not taken what it has. */
-        if (sub->transport->pending_bytes(sub) > (size_t)sub->edge->config.queue_bytes / 2)
+        if (hr_sub_congested(sub))
             st->state = HR_ST_PAUSED;
         else
             hr_sub_topic_catchup(st);
+        return;
+    }
+    if (f->n_messages > 0 && hr_sub_congested(sub)) {
+        /* At the head, but the client has not taken this page yet: join the live stream once
+         * it has (on_drain reads on from the log, then goes live). */
+        st->state = HR_ST_PAUSED;
         return;
     }
     hr_sub_topic_go_live(st);

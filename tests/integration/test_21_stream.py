@@ -310,16 +310,27 @@ def test_a_client_that_stops_reading_is_cut_off(broker, edge_factory):
             good.drain(0)
             if cut_at is None and e.metrics()["herald_edge_slow_client_disconnects_total"] >= 1:
                 cut_at = k + batch
-                # the client reads again, within the grace: it gets what was queued for it,
-                # then the end of the chunked body (not a reset connection) ...
-                deadline = time.monotonic() + 10
-                while (data := slow.chunk(max(0.01, deadline - time.monotonic()))) != b"":
-                    assert data.endswith(b"\n")
-                # ... and its connection serves its next request, also after the grace
-                slow.sock.sendall(b"GET /v1/poll?topic=stream.idle&wait=3 HTTP/1.1\r\n"
-                                  b"Host: x\r\n\r\n")
-                poll_sent = time.monotonic()
+                break
+        # a client whose queue stays over half full for --slow-client-grace is cut off (until
+        # then the edge paces it, reading the log at its speed)
+        deadline = time.monotonic() + 2.0 + 5
+        while cut_at is None and time.monotonic() < deadline:
+            if e.metrics()["herald_edge_slow_client_disconnects_total"] >= 1:
+                cut_at = n
+            time.sleep(0.05)
         assert cut_at is not None, "the client that stopped reading was not cut off"
+        # the client reads again, within the grace: it gets what was queued for it, then the end
+        # of the chunked body (not a reset connection) ...
+        deadline = time.monotonic() + 10
+        while (data := slow.chunk(max(0.01, deadline - time.monotonic()))) != b"":
+            assert data.endswith(b"\n")
+        # ... and its connection serves its next request, also after the grace
+        slow.sock.sendall(b"GET /v1/poll?topic=stream.idle&wait=3 HTTP/1.1\r\n"
+                          b"Host: x\r\n\r\n")
+        poll_sent = time.monotonic()
+        for k in range(cut_at, n, batch):  # the rest, for the other stream
+            e.publish_batch([{"topic": topic, "data": d} for d in want[k:k + batch]])
+            good.drain(0)
         good.wait(lambda s: len(s.messages()) >= n + 1, 60, f"{n} messages")
         assert [m["data"] for m in good.messages()[1:]] == want  # the other stream has all
         rss_after = e.rss_kib()

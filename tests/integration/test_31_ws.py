@@ -562,6 +562,15 @@ def test_slow_consumer_is_cut_off_with_4008_and_memory_stays_bounded(broker, edg
                 result["cut_at"] = k + batch
                 result["frames"], result["code"] = read_raw_until_close(slow, 10)
                 result["eof"] = slow.eof(3)
+        # the edge paces a client whose queue is over half full (it reads the log at the
+        # client's speed); one whose queue stays there for --slow-client-grace is cut off
+        deadline = time.monotonic() + 3.0 + 5
+        while "frames" not in result and time.monotonic() < deadline:
+            if e.metrics()["herald_edge_slow_client_disconnects_total"] >= 1:
+                result["cut_at"] = n
+                result["frames"], result["code"] = read_raw_until_close(slow, 10)
+                result["eof"] = slow.eof(3)
+            time.sleep(0.05)
 
     async def main():
         good = await AsyncWS.open(e, max_queue=None)
@@ -633,6 +642,13 @@ def test_slow_consumer_by_message_count(broker, edge_factory):
             if e.metrics()["herald_edge_slow_client_disconnects_total"] >= 1:
                 cut = k + batch
                 break
+        # over half of --queue-messages the edge paces the client from the log; stalled there
+        # for --slow-client-grace, it is cut off
+        deadline = time.monotonic() + 3.0 + 5
+        while cut is None and time.monotonic() < deadline:
+            if e.metrics()["herald_edge_slow_client_disconnects_total"] >= 1:
+                cut = n
+            time.sleep(0.05)
         assert cut is not None, "not cut off by --queue-messages"
         frames, code = read_raw_until_close(slow, 10)
         assert code == 4008 and frames[-1]["type"] == "shutdown", frames[-2:]
