@@ -2,6 +2,7 @@
 
 import re
 import signal
+import subprocess
 import time
 
 from conftest import publish_message, publish_request
@@ -62,3 +63,20 @@ def test_quiet_log_level_prints_nothing_at_info(broker_factory):
     b = broker_factory("--log-level", "error")
     b.terminate()
     assert b.stderr_text() == ""
+
+
+def test_sigterm_during_start_up_exits_0(tmp_path):
+    # A signal that arrives while the broker is still starting (opening its LMDB file, binding)
+    # is kept and honoured once it is open: a clean exit 0, and the data directory is usable.
+    from conftest import BROKER_BIN, free_port
+    for delay in (0.02, 0.05, 0.1):
+        data = tmp_path / f"d{delay}"
+        argv = [str(BROKER_BIN), "--listen", f"tcp://127.0.0.1:{free_port()}", "--live",
+                f"tcp://127.0.0.1:{free_port()}", "--data-dir", str(data), "--map-size", "4G"]
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+        time.sleep(delay)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=10)
+        assert p.returncode == 0, (delay, err.decode())
+        assert b"event=stopped" in err, err.decode()

@@ -255,3 +255,21 @@ def test_metrics_are_prometheus_text_named_herald_edge(edge):
     while edge.metrics()['herald_edge_connections{transport="sse"}'] != 0:
         assert time.monotonic() < deadline, "herald_edge_connections stays above 0"
         time.sleep(0.05)
+
+
+def test_metrics_carry_each_brokers_figures(broker, edge):
+    # Brokers have no HTTP: the edge reads their stats over ZeroMQ every few seconds and exports
+    # LMDB map use, topics and counters per broker, for alerts (docs/kubernetes.md).
+    edge.publish("metrics.broker", b"x")
+    deadline = time.monotonic() + 15
+    while True:
+        text = edge.get("/metrics").text
+        used = re.search(r'^herald_broker_map_used_bytes\{broker="([^"]+)"\} (\d+)$', text, re.M)
+        if used and re.search(r"^herald_broker_messages_appended_total\{[^}]+\} [1-9]", text,
+                              re.M):
+            break
+        assert time.monotonic() < deadline, "no broker figures in /metrics"
+        time.sleep(0.2)
+    size = re.search(r'^herald_broker_map_size_bytes\{broker="[^"]+"\} (\d+)$', text, re.M)
+    assert size and 0 < int(used.group(2)) <= int(size.group(1))
+    assert re.search(r"^herald_broker_topics\{[^}]+\} [1-9]", text, re.M)

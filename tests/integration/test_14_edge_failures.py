@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 
@@ -282,6 +283,41 @@ def test_edge_sigterm_with_an_idle_keep_alive_client_exits_promptly(broker, edge
     os.kill(a.proc.pid, signal.SIGTERM)
     assert a.proc.wait(timeout=10) == 0, a.stderr_text()
     assert time.monotonic() - t0 < 1.5, f"exit took {time.monotonic() - t0:.1f} s"
+
+
+def test_a_second_sigterm_cuts_the_drain_grace_short(broker, edge_factory):
+    a = edge_factory(broker, "--drain-grace", "20000", "--retry", "100")
+    topic = "twice.t"
+    with a.sse(topic) as s:
+        a.publish(topic, b"x")
+        s.wait(lambda st: len(st.messages()) == 1, 10, "the message")
+        t0 = time.monotonic()
+        os.kill(a.proc.pid, signal.SIGTERM)
+        a.wait_status("/readyz", 503, 5)  # draining: not ready, still serving
+        assert a.proc.poll() is None
+        os.kill(a.proc.pid, signal.SIGTERM)  # the second: clients get their cursors now
+        assert a.proc.wait(timeout=10) == 0, a.stderr_text()
+        assert time.monotonic() - t0 < 5, "the second SIGTERM did not cut the 20 s grace short"
+        s.wait(lambda st: any(e.type == "herald.shutdown" for e in st.events), 5, "shutdown")
+    a.ended_by_test = True
+    assert "event=drain_hurried" in a.stderr_text()
+
+
+def test_edge_sigterm_during_start_up_exits_0(broker, edge_factory):
+    # The drain handler is installed a moment after start; a SIGTERM before that waits for it
+    # (the default action would kill the edge half-started).
+    for delay in (0.02, 0.05):
+        e = edge_factory(broker, start=False)
+        e.starts += 1
+        e.stderr_path = e.workdir / f"edge-stderr-{e.starts}.log"
+        with open(e.stderr_path, "wb") as err:
+            e.proc = subprocess.Popen(e.argv(), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=err)
+        time.sleep(delay)
+        e.ended_by_test = True
+        e.proc.send_signal(signal.SIGTERM)
+        assert e.proc.wait(timeout=10) == 0, (delay, e.stderr_text())
+        assert "event=stopped" in e.stderr_text()
 
 
 def test_edge_started_before_its_broker(broker_factory, edge_factory):

@@ -290,6 +290,34 @@ def test_a_draining_edge_closes_the_connection_after_the_last_chunk(broker, edge
         a.proc.wait(timeout=10)
 
 
+def test_a_burst_longer_than_the_queue_paces_a_client_that_reads(broker, edge_factory):
+    # One commit of 8,000 messages (8 MB) to a client with a small receive window, whose queue at
+    # the edge holds 256 KiB / 64 messages: the edge must not push it all at once and cut the
+    # client off; it reads the log at the client's pace instead, and the client, which keeps
+    # reading, gets everything on its one connection.
+    e = edge_factory(broker, "--queue-bytes", "256K", "--queue-messages", "64")
+    topic = "stream.burst"
+    start = e.publish(topic, b"start")
+    n, payload = 8000, "b" * 1000
+    st = RawStream(e, f"/v1/stream?topic={topic}&cursor={start['id']}", rcvbuf=4096)
+    try:
+        e.publish(topic, b"probe")
+        e.publish_batch([{"topic": topic, "data": f"{i:05d} {payload}"} for i in range(n)])
+        deadline = time.monotonic() + 60
+        NL = b"\n"
+        while st.body.count(NL) < n + 1:  # chunk() keeps the de-chunked body
+            data = st.chunk(max(0.01, deadline - time.monotonic()))
+            assert data != b"", f"the stream ended after {st.body.count(NL)} lines"
+        lines = [json.loads(x) for x in st.body.split(b"\n") if x]
+    finally:
+        st.sock.close()
+    got = [o["data"] for o in lines if o["type"] == "message"]
+    assert got == ["probe"] + [f"{i:05d} {payload}" for i in range(n)]
+    m = e.metrics()
+    assert m["herald_edge_slow_client_disconnects_total"] == 0
+    assert m["herald_edge_catchups_total"] >= 2  # it was sent back to the log to be paced
+
+
 def test_a_client_that_stops_reading_is_cut_off(broker, edge_factory):
     e = edge_factory(broker, "--queue-bytes", "256K", "--slow-client-grace", "2000")
     topic = "stream.slow"

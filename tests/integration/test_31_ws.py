@@ -1001,3 +1001,24 @@ def test_publishes_cut_by_a_close_are_retried_with_their_keys_exactly_once(broke
     assert last == n
     assert sorted(r["seq"] for r in retried) == list(range(1, n + 1))
     print(f"{len(answered)} of {n} answered before the close")
+
+
+def test_a_publish_right_after_subscribed_is_always_delivered(broker, edge, edge_factory):
+    # `subscribed` is sent once every topic's starting position is known, so a client that
+    # subscribes "from now" and publishes as soon as it has the answer receives its message —
+    # over and over. The publish goes through another edge (its own connection to the broker),
+    # so without that rule it could commit before this edge's head lookup and be skipped.
+    other = edge_factory(broker, name="other")
+
+    async def main():
+        ws = await AsyncWS.open(edge)
+        for i in range(40):
+            topic = f"ws.after.{i}"
+            await ws.subscribe([topic])  # no cursor: new messages only
+            await in_thread(other.publish, topic, f"m{i}".encode())
+            await ws.wait(lambda s: any(m["topic"] == topic for m in s.messages), 10,
+                          f"the message published right after subscribing to {topic}")
+        assert [m["data"] for m in ws.messages] == [f"m{i}" for i in range(40)]
+        await ws.close()
+
+    run(main())

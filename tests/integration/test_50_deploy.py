@@ -471,10 +471,10 @@ def test_backup_with_mdb_copy_and_restore_through_the_entrypoint(tmp_path):
         os.kill(p.pid, signal.SIGTERM)
         assert p.wait(timeout=10) == 0
 
-    def history():
+    def history(field="data"):
         rc, out, err = run_cli(["fetch", "--broker", endpoint, "backup.topic"])
         assert rc == 0, err
-        return [json.loads(line)["data"] for line in out.splitlines()]
+        return [json.loads(line)[field] for line in out.splitlines()]
 
     broker = start("broker-1.log")
     try:
@@ -485,6 +485,7 @@ def test_backup_with_mdb_copy_and_restore_through_the_entrypoint(tmp_path):
             subprocess.run([mdb_copy, str(data)], stdout=f, check=True, timeout=30)
         assert run_cli(["publish", "--broker", endpoint, "backup.topic", "after"])[0] == 0
         assert history() == ["m0", "m1", "m2", "after"]
+        epoch_before = history("epoch")[0]
         shutil.copy(backup, volume / "data.restore.mdb")
         stop(broker)  # kubectl delete pod: SIGTERM, and the StatefulSet starts it again
         broker = start("broker-2.log")
@@ -492,7 +493,13 @@ def test_backup_with_mdb_copy_and_restore_through_the_entrypoint(tmp_path):
         assert not (volume / "data.restore.mdb").exists()
         aside = [p.name for p in volume.iterdir() if p.name.startswith("data.before-restore.")]
         assert len(aside) == 1, list(volume.iterdir())
-        assert "event=restored" in (tmp_path / "broker-2.log").read_text()
+        log = (tmp_path / "broker-2.log").read_text()
+        assert "event=restored" in log
+        # the restored log gets a new epoch (--renew-epochs), so a cursor issued after the backup
+        # ("after", seq 4) is answered with a reset instead of naming a seq the log will reuse
+        assert "event=epochs_renewed" in log, log
+        assert set(history("epoch")) == {history("epoch")[0]} and history("epoch")[0] != epoch_before
+        assert history("seq") == [1, 2, 3]
         stop(broker)
     finally:
         end_process(broker)
