@@ -16,7 +16,9 @@ import asyncio
 import atexit
 import base64
 import codecs
+import functools
 import http.client
+import http.server
 import json
 import os
 import queue
@@ -1354,6 +1356,72 @@ class NodeScript:
                 pass
         end_process(self.proc)
         self.stderr.close()
+
+
+class PageServer:
+    """A static file server on loopback (a page's origin), in a thread of this process."""
+
+    def __init__(self, directory):
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+        handler = functools.partial(Quiet, directory=str(directory))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+class BrowserRig:
+    """A browser test's setting (tests 24 and 33): HAProxy on a free port in front of `edges`
+    (balance first: the page starts on edges[0]), and `page` served as index.html by a page
+    server on another origin. start(query, *args) runs `script` (node + playwright-core) on the
+    page with `query`, a chromium profile and a screenshot in tmp_path. A context manager: on
+    exit the browser, the page server and HAProxy are stopped."""
+
+    def __init__(self, tmp_path, edges, page, script, screenshot):
+        self.tmp_path, self.script = tmp_path, script
+        self.screenshot = tmp_path / screenshot
+        self.proxy_port = free_port()
+        self.proxy = f"http://127.0.0.1:{self.proxy_port}"
+        self.haproxy = start_haproxy(tmp_path, self.proxy_port, edges)
+        self.pages = self.node = None
+        try:
+            site = tmp_path / "site"
+            site.mkdir()
+            shutil.copy(page, site / "index.html")
+            self.pages = PageServer(site)
+            wait_http(self.proxy + "/readyz")
+        except BaseException:
+            self.close()
+            raise
+
+    def start(self, query, *args):
+        url = f"http://127.0.0.1:{self.pages.port}/index.html?{query}"
+        self.node = NodeScript(self.script, ["--url", url, "--user-data-dir",
+                                             str(self.tmp_path / "chromium-profile"),
+                                             "--screenshot", str(self.screenshot), *args],
+                               self.tmp_path / "node-stderr.log")
+        return self.node
+
+    def close(self):
+        if self.node is not None:
+            self.node.stop()
+        if self.pages is not None:
+            self.pages.close()
+        end_process(self.haproxy)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def browser_sse_failover(tmp_path, edges, publish, head_fetches, topic, n=30, pause_at=10):

@@ -11,7 +11,6 @@ import threading
 import time
 
 import aiohttp
-import pytest
 
 from conftest import AsyncSubscriber, make_cursor, publish_message
 

@@ -11,7 +11,6 @@ import signal
 import socket
 import time
 
-import pytest
 
 from conftest import assert_error, cursor_position, make_cursor
 

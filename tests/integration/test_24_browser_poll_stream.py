@@ -7,14 +7,9 @@ of 30 messages the edge both are on is SIGKILLed: both move to the other edge wi
 cursors; after 20 it is started again, and the long poller moves back to it. Each client ends
 with all 30 messages, once each, in order."""
 
-import functools
-import http.server
-import shutil
-import threading
 import time
 
-from conftest import BROWSER_DIR, NodeScript, browser_marks, end_process, free_port, \
-    start_haproxy, wait_http
+from conftest import BROWSER_DIR, BrowserRig, browser_marks
 
 SCRIPT = BROWSER_DIR / "poll_stream_failover.mjs"
 PAGE = BROWSER_DIR / "poll_stream.html"
@@ -24,26 +19,6 @@ pytestmark = browser_marks
 
 POLLS = 'herald_edge_connections{transport="poll"}'
 STREAMS = 'herald_edge_connections{transport="stream"}'
-
-
-class PageServer:
-    """A static file server on loopback (the page's origin), in a thread of this process."""
-
-    def __init__(self, directory):
-        class Quiet(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-        handler = functools.partial(Quiet, directory=str(directory))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
 
 
 def wait_metric(edge, name, value, timeout=10.0):
@@ -57,25 +32,10 @@ def test_browser_long_polling_and_streaming_survive_an_edge_restart(broker, edge
                                                                     tmp_path):
     a = edge_factory(broker, name="a")
     b = edge_factory(broker, name="b")
-    proxy_port = free_port()
-    haproxy = start_haproxy(tmp_path, proxy_port, a, b)
-    site = tmp_path / "site"
-    site.mkdir()
-    shutil.copy(PAGE, site / "index.html")
-    pages = PageServer(site)
-    node = None
-    try:
-        proxy = f"http://127.0.0.1:{proxy_port}"
-        wait_http(proxy + "/readyz")
+    with BrowserRig(tmp_path, [a, b], PAGE, SCRIPT, "browser-poll-stream.png") as rig:
         start = b.publish(TOPIC, b"start")  # both clients start right after it
-        screenshot = tmp_path / "browser-poll-stream.png"
-        url = (f"http://127.0.0.1:{pages.port}/index.html?edge={proxy}&topic={TOPIC}"
-               f"&cursor={start['id']}&wait=2")
-        node = NodeScript(SCRIPT, ["--url", url,
-                                   "--user-data-dir", str(tmp_path / "chromium-profile"),
-                                   "--screenshot", str(screenshot), "--report-at", "10,20",
-                                   "--expect", "30", "--timeout-ms", "90000"],
-                          tmp_path / "node-stderr.log")
+        node = rig.start(f"edge={rig.proxy}&topic={TOPIC}&cursor={start['id']}&wait=2",
+                         "--report-at", "10,20", "--expect", "30", "--timeout-ms", "90000")
         node.expect("connected", 60)
         wait_metric(a, STREAMS, 1)  # HAProxy sends both to edge a while it is up
         wait_metric(a, POLLS, 1)
@@ -108,11 +68,6 @@ def test_browser_long_polling_and_streaming_survive_an_edge_restart(broker, edge
         # killed edge was retried by the proxy or the browser, or failed and was repeated by
         # the page with the same cursor: either way it went on from its cursor)
         assert done["stream"]["connects"] == 2, done["stream"]["log"]
-        assert screenshot.exists() and screenshot.stat().st_size > 0
+        assert rig.screenshot.exists() and rig.screenshot.stat().st_size > 0
         print(f"poll: {done['poll']['requests']} requests; log {done['poll']['log']}; "
-              f"stream: {done['stream']['log']}; screenshot: {screenshot}")
-    finally:
-        if node is not None:
-            node.stop()
-        pages.close()
-        end_process(haproxy)
+              f"stream: {done['stream']['log']}; screenshot: {rig.screenshot}")

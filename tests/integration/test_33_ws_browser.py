@@ -9,14 +9,11 @@ connection. Then the first edge is started again and the second stopped with SIG
 gets the `shutdown` frame and close 1001, and reconnects to the restarted edge with the shutdown
 cursor, while m31..m40 are published. The page ends with all 40 messages, once each, in order."""
 
-import shutil
 import time
 
 import requests
 
-from conftest import BROWSER_DIR, NodeScript, browser_marks, end_process, free_port, \
-    start_haproxy, wait_http
-from test_24_browser_poll_stream import PageServer
+from conftest import BROWSER_DIR, BrowserRig, browser_marks
 
 SCRIPT = BROWSER_DIR / "ws_failover.mjs"
 PAGE = BROWSER_DIR / "ws.html"
@@ -53,26 +50,13 @@ def wait_proxy_on(proxy, edge, timeout=10.0):
 def test_browser_websocket_fails_over_and_resumes_exactly_once(broker, edge_factory, tmp_path):
     a = edge_factory(broker, "--retry", "300", name="a")
     b = edge_factory(broker, "--retry", "300", name="b")
-    proxy_port = free_port()
-    haproxy = start_haproxy(tmp_path, proxy_port, a, b)
-    site = tmp_path / "site"
-    site.mkdir()
-    shutil.copy(PAGE, site / "index.html")
-    pages = PageServer(site)
-    node = None
-    try:
-        proxy = f"http://127.0.0.1:{proxy_port}"
-        wait_http(proxy + "/readyz")
+    with BrowserRig(tmp_path, [a, b], PAGE, SCRIPT, "browser-ws.png") as rig:
+        proxy = rig.proxy
         start = b.publish(TOPIC, b"start")  # the page starts right after it
-        screenshot = tmp_path / "browser-ws.png"
-        url = (f"http://127.0.0.1:{pages.port}/index.html?edge=ws://127.0.0.1:{proxy_port}"
-               f"&topic={TOPIC}&cursor={start['id']}")
-        node = NodeScript(SCRIPT, ["--url", url,
-                                   "--user-data-dir", str(tmp_path / "chromium-profile"),
-                                   "--screenshot", str(screenshot),
-                                   "--publish", "1-10@0,21-30@20", "--report-at", "10,20,30",
-                                   "--expect", "40", "--timeout-ms", "90000"],
-                          tmp_path / "node-stderr.log")
+        node = rig.start(f"edge=ws://127.0.0.1:{rig.proxy_port}&topic={TOPIC}"
+                         f"&cursor={start['id']}",
+                         "--publish", "1-10@0,21-30@20", "--report-at", "10,20,30",
+                         "--expect", "40", "--timeout-ms", "90000")
         node.expect("connected", 60)
         wait_ws(a, 1)  # HAProxy sends it to edge a while a is up
         assert ws_count(b) == 0
@@ -116,10 +100,5 @@ def test_browser_websocket_fails_over_and_resumes_exactly_once(broker, edge_fact
         assert done["connects"] == 3, log
         # the page came back on the restarted edge: it delivered m31..m40 to it
         assert a.metrics()['herald_edge_deliveries_total{transport="ws"}'] == 10
-        assert screenshot.exists() and screenshot.stat().st_size > 0
-        print(f"log: {log}; screenshot: {screenshot}")
-    finally:
-        if node is not None:
-            node.stop()
-        pages.close()
-        end_process(haproxy)
+        assert rig.screenshot.exists() and rig.screenshot.stat().st_size > 0
+        print(f"log: {log}; screenshot: {rig.screenshot}")

@@ -13,7 +13,6 @@ import signal
 import time
 
 import aiohttp
-import pytest
 import requests
 import websockets
 
