@@ -172,7 +172,6 @@ static void hr_ws_send_text(hr_ws_t *ws, const char *text, size_t len)
     struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)text, len};
     if (wslay_event_queue_msg(hr_ws_ctx(ws), &m) == 0)
         hr_ws_flush_wslay(ws);
-    hr_ws_release_ctx(ws); /* an answer sent outside a read (subscribed, published, reset) */
 }
 
 /* Serialise and send `obj` (reference taken over), with "req" when the request had one. */
@@ -249,6 +248,7 @@ static void hr_ws_reset(hr_outq_t *q, const char *json, const char *cursor, size
     n += 2;
     hr_ws_send_text(ws, text, n);
     hr_free(text);
+    hr_ws_release_ctx(ws); /* sent outside a read: nothing else needs the context now */
 }
 
 /* The last frames the edge sends on its own initiative: `json` ({"type":"shutdown","cursor",
@@ -604,6 +604,7 @@ static void hr_ws_positioned(hr_subscriber_t *sub)
                         json_string_value(req));
     }
     json_array_clear(ws->pending_subscribes);
+    hr_ws_release_ctx(ws); /* no-op inside a read; after a head lookup, frees the context */
 }
 
 static void hr_ws_on_subscribe(hr_ws_t *ws, json_t *root, const char *req)
